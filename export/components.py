@@ -1,0 +1,71 @@
+"""The three deployable components of a preset, as (module, example inputs, names, dynamic axes)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from models.names import SEGMENTER, TEXT_ENCODER, VISION_TOWER, ComponentNames
+from models.presets import Preset
+
+# Ranges of the dynamic axes, recorded in the manifest (and the TensorRT profiles made from it).
+DEFAULT_RANGES = {"priors": (1, 64), "vocab": (1, 256), "phrases": (1, 128)}
+
+
+@dataclass
+class Component:
+    names: ComponentNames
+    module: nn.Module
+    example: tuple[torch.Tensor, ...]
+    dynamic_axes: dict[str, dict[int, str]] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.names.component
+
+
+def vision_tower_component(preset: Preset, tower: nn.Module, seed: int = 0) -> Component:
+    g = torch.Generator().manual_seed(seed)
+    s = preset.vision_tower.image_size
+    return Component(VISION_TOWER, tower, (torch.randn(1, 3, s, s, generator=g),))
+
+
+def text_encoder_component(preset: Preset, encoder: nn.Module, seed: int = 0) -> Component:
+    g = torch.Generator().manual_seed(seed)
+    L = preset.text_encoder.max_length
+    ids = torch.randint(1000, 2000, (3, L), generator=g)
+    mask = torch.ones(3, L, dtype=torch.int64)
+    mask[1, L // 2:] = 0
+    axes = {n: {0: "phrases"} for n in TEXT_ENCODER.inputs + TEXT_ENCODER.outputs}
+    return Component(TEXT_ENCODER, encoder, (ids, mask), axes)
+
+
+def segmenter_example(preset: Preset, priors: int = 3, vocab: int = 4, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """Random segmenter inputs. More than one prior and class, so tracing keeps those axes dynamic."""
+    g = torch.Generator().manual_seed(seed)
+    c, t = preset.segmenter, preset.vision_tower
+    tokens = t.grid ** 2 + (1 if t.has_cls else 0)
+    E = c.text_dim
+    valid = torch.ones(1, priors)
+    valid[0, -1] = 0.0
+    relation = torch.eye(priors)[None].clone()
+    if priors > 1:
+        relation[0, 0, 1] = 1.0
+    return (
+        torch.randn(1, 3, c.frame_size, c.frame_size, generator=g),
+        torch.randn(len(t.feature_layers), 1, tokens, t.hidden_size, generator=g),
+        torch.randn(1, priors, E, generator=g),
+        torch.randn(1, priors, E, generator=g),
+        valid,
+        relation,
+        torch.randn(vocab, E, generator=g),
+    )
+
+
+def segmenter_component(preset: Preset, segmenter: nn.Module, seed: int = 0) -> Component:
+    _, _, objects, attributes, valid, relation, vocab = SEGMENTER.inputs
+    axes = {objects: {1: "priors"}, attributes: {1: "priors"}, valid: {1: "priors"},
+            relation: {1: "priors", 2: "priors"}, vocab: {0: "vocab"},
+            SEGMENTER.outputs[1]: {2: "vocab_plus_no_object"}}
+    return Component(SEGMENTER, segmenter, segmenter_example(preset, seed=seed), axes)

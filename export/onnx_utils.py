@@ -1,0 +1,89 @@
+"""PyTorch -> ONNX for one component, written atomically and checked the way TensorRT will read it."""
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import onnx
+import torch
+
+from engines.base import TensorSpec
+
+DEFAULT_OPSET = 17
+
+_ONNX_TO_NUMPY = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16",
+                  onnx.TensorProto.INT64: "int64", onnx.TensorProto.INT32: "int32",
+                  onnx.TensorProto.BOOL: "bool", onnx.TensorProto.UINT8: "uint8"}
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary file beside `path`, then rename: a killed build never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def export_onnx(
+    module: torch.nn.Module,
+    args: Sequence[torch.Tensor],
+    path: Path,
+    input_names: Sequence[str],
+    output_names: Sequence[str],
+    dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
+    opset: int = DEFAULT_OPSET,
+) -> onnx.ModelProto:
+    """Trace `module` on `args` and write the graph to `path` (atomically), checked.
+
+    Uses the TorchScript exporter: it emits opset 17 natively (the dynamo exporter starts at 18 and
+    down-converts) and keeps `dynamic_axes` simple; both give the same graphs for these models."""
+    buffer = io.BytesIO()
+    module = module.eval()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, tuple(args), buffer, input_names=list(input_names),
+                          output_names=list(output_names), dynamic_axes=dict(dynamic_axes or {}),
+                          opset_version=opset, do_constant_folding=True, dynamo=False)
+    model = onnx.load_from_string(buffer.getvalue())
+    check_onnx(model)
+    atomic_write_bytes(Path(path), model.SerializeToString())
+    return model
+
+
+def check_onnx(model: onnx.ModelProto | Path) -> onnx.ModelProto:
+    """onnx.checker with full shape inference (strict), as TensorRT's parser needs every shape known."""
+    if not isinstance(model, onnx.ModelProto):
+        model = onnx.load(str(model))
+    onnx.checker.check_model(model, full_check=True)
+    return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+
+
+def graph_specs(model: onnx.ModelProto, which: str,
+                ranges: Mapping[str, tuple[int, int]] | None = None) -> list[TensorSpec]:
+    """TensorSpecs of a graph's inputs or outputs; `ranges` gives (min, max) for each named dynamic axis."""
+    ranges = ranges or {}
+    specs = []
+    for value in (model.graph.input if which == "inputs" else model.graph.output):
+        t = value.type.tensor_type
+        shape = tuple(d.dim_param if d.dim_param else d.dim_value for d in t.shape.dim)
+        dynamic = any(isinstance(d, str) for d in shape)
+        lo = tuple(ranges[d][0] if isinstance(d, str) and d in ranges else (1 if isinstance(d, str) else d) for d in shape)
+        hi = tuple(ranges[d][1] if isinstance(d, str) and d in ranges else (-1 if isinstance(d, str) else d) for d in shape)
+        specs.append(TensorSpec(value.name, _ONNX_TO_NUMPY[t.elem_type], shape,
+                                lo if dynamic else None, (hi if -1 not in hi else None) if dynamic else None))
+    return specs
+
+
+def operator_set(model: onnx.ModelProto) -> set[str]:
+    return {n.op_type if not n.domain else f"{n.domain}::{n.op_type}" for n in model.graph.node}
