@@ -64,3 +64,8 @@ class OnnxRuntimeEngine(Engine):
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         values = self.session.run(self.output_names, feeds)
         return dict(zip(self.output_names, values))
+
+    def close(self) -> None:
+        # Dropping the session ends its thread pool, whose spinning workers would otherwise keep
+        # competing for the CPU with whatever runs next in this process.
+        self.session = None

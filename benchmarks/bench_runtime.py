@@ -1,0 +1,60 @@
+"""`segment()` on ONNX Runtime vs PyTorch: same artifacts, same frames, same machine, one run.
+
+    python benchmarks/bench_runtime.py [--presets demo edge] [--frames 20] [--threads 2]
+
+Builds artifacts/<preset> first where it is missing. Prints p50/p95 per stage and the PyTorch/ORT ratio
+(above 1 means ONNX Runtime is faster).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import runtime  # noqa: E402
+from benchmarks.common import machine, pct  # noqa: E402
+from runtime.demo import SCENES, demo_frame  # noqa: E402
+
+STAGES = ["preprocess", "vision", "parse", "text", "segment", "postprocess", "total"]
+
+
+def run(folder: Path, backend: str, frames: int, threads: int) -> dict[str, list[float]]:
+    times: dict[str, list[float]] = {s: [] for s in STAGES}
+    with runtime.load(folder, backend=backend, threads=threads) as rt:
+        for i in range(frames + 2):
+            caption, vocab = SCENES[i % len(SCENES)]
+            seg = rt.segment(demo_frame(i, (480, 640)), vocabulary=vocab, caption=caption)
+            if i >= 2:  # the first frames warm caches and allocators
+                for s in STAGES:
+                    times[s].append(seg.timings.get(s, 0.0))
+    return times
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--presets", nargs="+", default=["demo", "edge"])
+    ap.add_argument("--frames", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args(argv)
+    print(f"machine: {machine()}; fp32, {args.threads} threads, 640x480 frames, {args.frames} frames each")
+    for preset in args.presets:
+        folder = ROOT / "artifacts" / preset
+        if not (folder / "manifest.json").is_file():
+            from export.build_engines import build, parse_args
+
+            build(parse_args(["--preset", preset, "--out", str(folder)]))
+        results = {b: run(folder, b, args.frames, args.threads) for b in ("onnxruntime", "torch")}
+        print(f"\npreset {preset}: ms per stage, p50 / p95")
+        print(f"{'stage':<12}{'onnxruntime':>20}{'torch':>20}{'torch/ort (p50)':>18}")
+        for s in STAGES:
+            o, t = results["onnxruntime"][s], results["torch"][s]
+            ratio = pct(t, 50) / pct(o, 50) if pct(o, 50) > 0 else float("nan")
+            print(f"{s:<12}{pct(o, 50):10.1f} /{pct(o, 95):7.1f}{pct(t, 50):12.1f} /{pct(t, 95):7.1f}{ratio:15.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,45 @@
+"""The PyTorch engine: the `models/` code itself, the reference every other backend is compared with."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from engines.base import Engine, EngineError, TensorSpec
+
+
+class TorchEngine(Engine):
+    backend = "torch"
+
+    def __init__(self, name: str, module: torch.nn.Module, inputs: list[TensorSpec], outputs: list[TensorSpec],
+                 device: str | None = None, threads: int | None = None):
+        super().__init__(name, inputs, outputs)
+        if threads:
+            torch.set_num_threads(int(threads))
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.module = module.eval().to(self.device)
+
+    @classmethod
+    def from_component(cls, name: str, folder: Path, component: Mapping[str, Any], device: str | None = None,
+                       threads: int | None = None, **_: Any) -> "TorchEngine":
+        from models.checkpoint import CheckpointError, load_component
+
+        weights = component.get("weights")
+        if not weights:
+            raise EngineError(f"{name}: this build has no PyTorch weights; rebuild with build_engines.py")
+        try:
+            module = load_component(Path(folder) / weights["file"])
+        except CheckpointError as exc:
+            raise EngineError(f"{name}: {exc}") from exc
+        return cls(name, module, [TensorSpec.from_json(s) for s in component["inputs"]],
+                   [TensorSpec.from_json(s) for s in component["outputs"]], device=device, threads=threads)
+
+    @torch.inference_mode()
+    def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        args = [torch.from_numpy(np.ascontiguousarray(feeds[n])).to(self.device) for n in self.input_names]
+        out = self.module(*args)
+        out = out if isinstance(out, (tuple, list)) else (out,)
+        return {n: t.detach().float().cpu().numpy() if t.is_floating_point() else t.cpu().numpy()
+                for n, t in zip(self.output_names, out)}

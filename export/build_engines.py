@@ -1,0 +1,238 @@
+"""Build an artifact folder: every component exported, checked, validated and listed in a manifest.
+
+    python export/build_engines.py [--preset demo|edge|paper] [--out DIR] [--backend ...] [--opset N]
+                                   [--segmenter CKPT] [--vision-tower DIR] [--text-encoder DIR]
+
+With no weights given the preset is built with random weights, and the build says so. The folder is
+written through a staging folder beside it; the manifest goes in last, so a build killed half-way leaves
+the previous artifacts valid or no manifest at all.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as _dt
+import importlib.metadata
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository's packages importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from engines.base import BACKENDS, backend_importable  # noqa: E402
+from engines.manifest import MANIFEST_NAME, file_entry, write_manifest  # noqa: E402
+
+PRECISIONS = ("fp32",)
+TOKENIZER_FILE = "tokenizer.json"
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def default_backend() -> str:
+    if backend_importable("tensorrt"):
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                return "tensorrt"
+        except ImportError:
+            pass
+    return "onnxruntime"
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for dist in ("llmformer-edge", "torch", "onnx", "onnxruntime", "transformers", "tokenizers"):
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            out[dist] = "not installed"
+    return out
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="demo", choices=("demo", "edge", "paper"))
+    ap.add_argument("--out", type=Path, default=None, help="artifact folder (default: artifacts/<preset>)")
+    ap.add_argument("--backend", default=None, choices=BACKENDS,
+                    help="backend recorded as the folder's default (default: tensorrt where it and a GPU are "
+                         "present, else onnxruntime)")
+    ap.add_argument("--precision", default="fp32", choices=PRECISIONS)
+    ap.add_argument("--segmenter", type=Path, default=None, help="segmenter checkpoint (.safetensors)")
+    ap.add_argument("--vision-tower", type=Path, default=None, help="local folder of a CLIP/SigLIP vision model")
+    ap.add_argument("--text-encoder", type=Path, default=None, help="local folder of the text encoder")
+    ap.add_argument("--opset", type=int, default=17, help="ONNX opset (17 or newer)")
+    ap.add_argument("--seed", type=int, default=0, help="seed for random weights")
+    ap.add_argument("--skip-validation", action="store_true", help="skip the ONNX Runtime vs PyTorch check")
+    return ap.parse_args(argv)
+
+
+def build(args: argparse.Namespace, preset=None) -> Path:
+    """Build the artifact folder `args.out`; `preset` overrides `--preset` (tests pass tiny ones)."""
+    import torch
+
+    from export.components import (DEFAULT_RANGES, segmenter_component, text_encoder_component,
+                                   vision_tower_component)
+    from export.onnx_utils import check_onnx, export_onnx, graph_specs
+    from models.checkpoint import load_segmenter, save_component
+    from models.presets import get_preset
+    from models.segmenter import LLMFormerSegmenter
+    from models.text_encoder import build_text_encoder, tokenizer_file
+    from models.vision_tower import VisionTower, build_vision_model
+
+    if args.opset < 17:
+        raise SystemExit(f"--opset {args.opset}: GridSample (MSDA) needs opset 16+, and this project builds 17+")
+    backend = args.backend or default_backend()
+    if backend == "tensorrt" and not backend_importable("tensorrt"):
+        raise SystemExit("--backend tensorrt: TensorRT is not installed here. TensorRT engines are built on the "
+                         "target device; use --backend onnxruntime here")
+    preset = preset or get_preset(args.preset)
+    out = Path(args.out or Path("artifacts") / preset.name)
+    if args.vision_tower:
+        preset = dataclasses.replace(preset, vision_tower=dataclasses.replace(preset.vision_tower,
+                                                                              source=str(args.vision_tower)))
+    if args.text_encoder:
+        preset = dataclasses.replace(preset, text_encoder=dataclasses.replace(preset.text_encoder,
+                                                                              source=str(args.text_encoder)))
+    torch.manual_seed(args.seed)
+    t_all = time.perf_counter()
+    log(f"building preset '{preset.name}' -> {out} (backend {backend}, {args.precision}, opset {args.opset})")
+
+    random_parts = []
+    t = time.perf_counter()
+    tower = VisionTower(build_vision_model(preset.vision_tower), preset.vision_tower.feature_layers).eval()
+    if not preset.vision_tower.source:
+        random_parts.append("vision_tower")
+    text = build_text_encoder(preset.text_encoder)
+    if not preset.text_encoder.source:
+        random_parts.append("text_encoder")
+    if args.segmenter:
+        segmenter = load_segmenter(args.segmenter)
+        if segmenter.cfg != preset.segmenter:
+            log(f"  note: the checkpoint's segmenter config differs from preset '{preset.name}'; using the checkpoint's")
+            preset = dataclasses.replace(preset, segmenter=segmenter.cfg)
+    else:
+        segmenter = LLMFormerSegmenter(preset.segmenter).eval()
+        random_parts.append("segmenter")
+    log(f"  models ready ({time.perf_counter() - t:.1f} s)")
+    if random_parts:
+        bar = "!" * 78
+        log(f"{bar}\n!! RANDOM WEIGHTS: {', '.join(random_parts)} {'is' if len(random_parts) == 1 else 'are'} "
+            f"untrained. The masks will be meaningless.\n!! Pass --segmenter CKPT / --vision-tower DIR / "
+            f"--text-encoder DIR for real weights.\n{bar}")
+
+    components = [vision_tower_component(preset, tower, args.seed), text_encoder_component(preset, text, args.seed),
+                  segmenter_component(preset, segmenter, args.seed)]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.staging-"))
+    try:
+        entries = {}
+        for comp in components:
+            t = time.perf_counter()
+            onnx_name, weights_name = f"{comp.name}.onnx", f"{comp.name}.safetensors"
+            model = export_onnx(comp.module, comp.example, staging / onnx_name, comp.names.inputs,
+                                comp.names.outputs, comp.dynamic_axes, args.opset)
+            inferred = check_onnx(model)
+            save_component(comp.module, staging / weights_name)
+            entries[comp.name] = {
+                "precision": args.precision,
+                "onnx": file_entry(staging, onnx_name),
+                "weights": file_entry(staging, weights_name),
+                "inputs": [s.to_json() for s in graph_specs(inferred, "inputs", DEFAULT_RANGES)],
+                "outputs": [s.to_json() for s in graph_specs(inferred, "outputs", DEFAULT_RANGES)],
+                "random_weights": comp.name in random_parts,
+            }
+            log(f"  exported {comp.name:<13} {entries[comp.name]['onnx']['size'] / 1e6:8.1f} MB "
+                f"({time.perf_counter() - t:.1f} s)")
+        shutil.copyfile(tokenizer_file(preset.text_encoder), staging / TOKENIZER_FILE)
+
+        if not args.skip_validation:
+            for comp in components:
+                t = time.perf_counter()
+                entries[comp.name]["max_abs_diff_vs_torch"] = validate(comp, staging / entries[comp.name]["onnx"]["file"])
+                log(f"  validated {comp.name:<12} max |ORT - PyTorch| = "
+                    f"{entries[comp.name]['max_abs_diff_vs_torch']:.2e} ({time.perf_counter() - t:.1f} s)")
+
+        manifest = {
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "preset": preset.to_json(),
+            "backend": backend,
+            "precision": args.precision,
+            "opset": args.opset,
+            "tokenizer": {**file_entry(staging, TOKENIZER_FILE), "max_length": preset.text_encoder.max_length},
+            "preprocess": {
+                "vision_tower": {"size": preset.vision_tower.image_size, "mean": list(preset.vision_tower.mean),
+                                 "std": list(preset.vision_tower.std)},
+                "segmenter": {"size": preset.segmenter.frame_size, "mean": list(_imagenet()[0]),
+                              "std": list(_imagenet()[1])},
+            },
+            "components": entries,
+            "versions": versions(),
+        }
+        publish(staging, out, manifest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    summary(out, entries)
+    log(f"done in {time.perf_counter() - t_all:.1f} s: {out / MANIFEST_NAME}")
+    return out
+
+
+def _imagenet():
+    from models.presets import IMAGENET_MEAN, IMAGENET_STD
+
+    return IMAGENET_MEAN, IMAGENET_STD
+
+
+def validate(comp, onnx_path: Path) -> float:
+    """One ONNX Runtime run against PyTorch on the component's example inputs: max abs difference."""
+    import numpy as np
+    import torch
+
+    from engines.onnxruntime_engine import OnnxRuntimeEngine
+
+    engine = OnnxRuntimeEngine(comp.name, onnx_path, providers=["CPUExecutionProvider"])
+    got = engine({n: x.numpy() for n, x in zip(comp.names.inputs, comp.example)})
+    with torch.no_grad():
+        ref = comp.module(*comp.example)
+    ref = ref if isinstance(ref, (tuple, list)) else (ref,)
+    return float(max(np.abs(got[n] - r.numpy()).max() for n, r in zip(comp.names.outputs, ref)))
+
+
+def publish(staging: Path, out: Path, manifest: dict) -> None:
+    """Move the staged files into `out` and write the manifest last. The old manifest goes first, so
+    until the new one lands the folder reads as 'no finished build', never as a mix of two builds."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST_NAME).unlink(missing_ok=True)
+    for f in staging.iterdir():
+        os.replace(f, out / f.name)
+    write_manifest(out, manifest)
+
+
+def summary(out: Path, entries: dict) -> None:
+    rows = [("component", "file", "size", "precision", "max |ORT-PyTorch|")]
+    for name, e in entries.items():
+        diff = e.get("max_abs_diff_vs_torch")
+        rows.append((name, e["onnx"]["file"], f"{e['onnx']['size'] / 1e6:.1f} MB", e["precision"],
+                     "skipped" if diff is None else f"{diff:.2e}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for i, r in enumerate(rows):
+        log("  ".join(c.ljust(w) for c, w in zip(r, widths)))
+        if i == 0:
+            log("  ".join("-" * w for w in widths))
+
+
+def main(argv=None) -> int:
+    build(parse_args(argv))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""Frame checks, preprocessing and postprocessing in numpy/OpenCV (no torch on the deployment path)."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+
+class FrameError(ValueError):
+    """A frame that cannot be segmented; the message says what was wrong and how to fix it."""
+
+
+def check_frame(frame: object) -> np.ndarray:
+    """Return the frame as an H x W x 3 uint8 RGB array, or raise FrameError.
+
+    Accepted: uint8 RGB; float32/float64 RGB in [0, 1] (converted). Rejected with a fix in the message:
+    anything not a numpy array, 2-D (grayscale) or 4-channel (RGBA/BGRA) frames, empty frames, NaN/inf."""
+    if not isinstance(frame, np.ndarray):
+        raise FrameError(f"frame must be a numpy array (H x W x 3 uint8 RGB), got {type(frame).__name__}")
+    if frame.ndim == 2:
+        raise FrameError(f"frame is 2-D {frame.shape} (grayscale?): pass H x W x 3 RGB, e.g. "
+                         f"cv2.cvtColor(frame, cv2.COLOR_GRAY2RGB)")
+    if frame.ndim != 3:
+        raise FrameError(f"frame must be H x W x 3 (RGB), got shape {frame.shape}")
+    if frame.shape[2] != 3:
+        hint = " (RGBA? use cv2.cvtColor(frame, cv2.COLOR_RGBA2RGB))" if frame.shape[2] == 4 else ""
+        raise FrameError(f"frame must have 3 channels (RGB), got {frame.shape[2]}{hint}")
+    if frame.shape[0] == 0 or frame.shape[1] == 0:
+        raise FrameError(f"frame is empty: shape {frame.shape}")
+    if frame.dtype == np.uint8:
+        return frame
+    if frame.dtype in (np.float32, np.float64):
+        if not np.isfinite(frame).all():
+            raise FrameError("frame contains NaN or inf values: float frames must be finite RGB in [0, 1]")
+        lo, hi = float(frame.min()), float(frame.max())
+        if lo < 0.0 or hi > 1.0:
+            raise FrameError(f"float frames must be RGB in [0, 1], got values in [{lo:.3g}, {hi:.3g}]; "
+                             f"for 0-255 data pass frame.astype(np.uint8)")
+        return (frame * 255.0 + 0.5).astype(np.uint8)
+    raise FrameError(f"frame dtype must be uint8 (or float32/float64 in [0, 1]), got {frame.dtype}")
+
+
+def to_tensor(frame: np.ndarray, size: int, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """H x W x 3 uint8 RGB -> (1, 3, size, size) float32, resized (stretched to the square the graph was
+    built for) and normalized."""
+    interp = cv2.INTER_AREA if min(frame.shape[:2]) > size else cv2.INTER_LINEAR
+    x = cv2.resize(frame, (size, size), interpolation=interp).astype(np.float32) * (1.0 / 255.0)
+    x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return np.ascontiguousarray(x.transpose(2, 0, 1)[None])
+
+
+def _softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def semantic_map(mask_logits: np.ndarray, class_logits: np.ndarray,
+                 size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Mask2Former's semantic inference (as `models.segmenter.semantic_inference`), in numpy.
+
+    mask_logits (Q, h, w), class_logits (Q, V+1), size (H, W) -> labels (H, W) int32 in [0, V) and a score
+    per class in [0, 1]: the class's share of the total score, averaged over the pixels it wins (0 where
+    it wins none)."""
+    probs = _softmax(class_logits.astype(np.float32), -1)[:, :-1]                 # (Q, V)
+    sig = 1.0 / (1.0 + np.exp(-mask_logits.astype(np.float32)))                 # (Q, h, w)
+    Q, h, w = sig.shape
+    scores = (probs.T @ sig.reshape(Q, h * w)).reshape(-1, h, w)                  # (V, h, w)
+    V = scores.shape[0]
+    H, W = size
+    # cv2 resizes channel-last images with up to 512 channels at a time.
+    hwc = scores.transpose(1, 2, 0)
+    chunks = [cv2.resize(np.ascontiguousarray(hwc[..., i:i + 512]), (W, H), interpolation=cv2.INTER_LINEAR)
+              .reshape(H, W, -1) for i in range(0, V, 512)]
+    up = np.concatenate(chunks, -1)                                               # (H, W, V)
+    labels = up.argmax(-1).astype(np.int32)
+    share = up.max(-1) / np.maximum(up.sum(-1), 1e-12)
+    counts = np.bincount(labels.ravel(), minlength=V)
+    sums = np.bincount(labels.ravel(), weights=share.ravel(), minlength=V)
+    per_class = np.where(counts > 0, sums / np.maximum(counts, 1), 0.0).astype(np.float32)
+    return labels, per_class

@@ -1,0 +1,253 @@
+"""`load()` and `Runtime`: an artifact folder turned into `segment(frame)`.
+
+The stages are separate calls with small typed results, so a camera loop can cache the text side and
+run only the image side per frame:
+
+    encode_image(frame) -> ImageFeatures        every frame (vision tower + segmenter input)
+    parse_caption(text) -> Priors               when the caption changes
+    embed(priors, vocabulary) -> PriorEmbeddings  text encoder behind a phrase cache
+    decode(features, embeddings) -> Segmentation
+    segment(frame, vocabulary=None, caption=None) composes them.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from engines.base import BACKENDS, Engine, EngineError, backend_importable, create_engine
+from engines.manifest import read_manifest
+from models.names import SEGMENTER, TEXT_ENCODER, VISION_TOWER
+from runtime.frames import check_frame, semantic_map, to_tensor
+
+log = logging.getLogger("llmformer_edge")
+
+
+class RuntimeInputError(ValueError):
+    """A `segment()` argument that cannot be used; the message says which and why."""
+
+
+@dataclass
+class ImageFeatures:
+    frame_size: tuple[int, int]          # (H, W) of the caller's frame
+    segmenter_input: np.ndarray          # (1, 3, S, S) float32
+    vision_hidden_states: np.ndarray     # (n_layers, 1, T, C)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class PriorEmbeddings:
+    classes: list[str]                   # the vocabulary, in label order
+    vocabulary: np.ndarray               # (V, E)
+    objects: np.ndarray                  # (K, E), K >= 1 (padding where there are no priors)
+    attributes: np.ndarray               # (K, E), zero where an object has no attribute
+    valid: np.ndarray                    # (K,) float32
+    relation: np.ndarray                 # (K, K) float32
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Segmentation:
+    labels: np.ndarray                   # (H, W) int32 index into `classes`
+    classes: list[str]
+    scores: np.ndarray                   # (V,) float32, see runtime.frames.semantic_map
+    caption: str | None
+    priors: Any | None                   # runtime.priors.Priors when a caption was parsed
+    timings: dict[str, float]            # milliseconds per stage
+    mask_logits: np.ndarray | None = None   # (Q, h, w), the raw outputs, for debugging and parity checks
+    class_logits: np.ndarray | None = None  # (Q, V+1)
+
+
+def _ms(t0: float) -> float:
+    return (time.perf_counter() - t0) * 1000.0
+
+
+class Runtime:
+    """Runs one artifact folder on one backend. Use `load()` to make one."""
+
+    def __init__(self, folder: Path, manifest: dict[str, Any], backend: str, engines: dict[str, Engine],
+                 cache_size: int = 4096):
+        from tokenizers import Tokenizer
+
+        from runtime.vocabulary import CachedEncoder
+
+        self.folder, self.manifest, self.backend, self.engines = folder, manifest, backend, engines
+        tok = manifest["tokenizer"]
+        self.max_length = int(tok["max_length"])
+        self.tokenizer = Tokenizer.from_file(str(folder / tok["file"]))
+        self.tokenizer.enable_truncation(self.max_length)
+        self.tokenizer.enable_padding(length=self.max_length)
+        self.text_cache = CachedEncoder(self._encode_uncached, size=cache_size)
+        self.pre = manifest["preprocess"]
+        self.text_dim = int(manifest["preset"]["segmenter"]["text_dim"])
+        self.limits = {spec["name"]: spec for spec in manifest["components"][SEGMENTER.component]["inputs"]}
+
+    # -- text side -----------------------------------------------------------------------------------
+    def _encode_uncached(self, phrases: list[str]) -> np.ndarray:
+        if not phrases:
+            return np.zeros((0, self.text_dim), np.float32)
+        engine = self.engines[TEXT_ENCODER.component]
+        batch = int(engine.inputs[0].max_shape[0]) if engine.inputs[0].max_shape else len(phrases)
+        out = []
+        for i in range(0, len(phrases), batch):
+            enc = self.tokenizer.encode_batch(phrases[i:i + batch])
+            ids = np.asarray([e.ids for e in enc], np.int64)
+            mask = np.asarray([e.attention_mask for e in enc], np.int64)
+            out.append(engine(dict(zip(TEXT_ENCODER.inputs, (ids, mask))))[TEXT_ENCODER.outputs[0]])
+        return np.concatenate(out, 0).astype(np.float32)
+
+    def encode_text(self, phrases: Sequence[str]) -> np.ndarray:
+        """(n, E) L2-normalized embeddings, through the phrase cache."""
+        return self.text_cache(list(phrases))
+
+    def parse_caption(self, caption: str):
+        from runtime.priors import parse
+
+        return parse(caption)
+
+    def embed(self, priors, vocabulary: Sequence[str] | None) -> PriorEmbeddings:
+        """Embeddings of the priors and the vocabulary. With no vocabulary the priors' objects are the
+        vocabulary (open vocabulary without candidate classes)."""
+        t0 = time.perf_counter()
+        hits0, misses0 = self.text_cache.hits, self.text_cache.misses
+        objects = list(priors.objects) if priors is not None else []
+        if vocabulary is None:
+            from runtime.vocabulary import open_vocabulary
+
+            classes = open_vocabulary(priors) if priors is not None else []
+            if not classes:
+                raise RuntimeInputError("no vocabulary was given and the caption names no objects: pass "
+                                        "vocabulary=[...] class names")
+        else:
+            classes = check_vocabulary(vocabulary)
+        max_vocab = self.limits[SEGMENTER.inputs[6]].get("max_shape")
+        if max_vocab and len(classes) > max_vocab[0]:
+            raise RuntimeInputError(f"vocabulary has {len(classes)} names; this build takes at most "
+                                    f"{max_vocab[0]}: rebuild with a larger range")
+        max_priors = (self.limits[SEGMENTER.inputs[2]].get("max_shape") or [1, 1 << 30])[1]
+        if len(objects) > max_priors:
+            log.warning("caption has %d objects; keeping the first %d this build takes", len(objects), max_priors)
+            objects = objects[:max_priors]
+        K = max(len(objects), 1)  # the graph takes at least one prior slot: padding, masked out
+        vocab = self.encode_text(classes)
+        names = [o.name for o in objects]
+        attrs = [" ".join(o.attributes) for o in objects]
+        obj = np.zeros((K, self.text_dim), np.float32)
+        att = np.zeros((K, self.text_dim), np.float32)
+        valid = np.zeros((K,), np.float32)
+        relation = np.zeros((K, K), np.float32)
+        if objects:
+            obj[:len(objects)] = self.encode_text(names)
+            with_attr = [i for i, a in enumerate(attrs) if a]
+            if with_attr:
+                att[with_attr] = self.encode_text([attrs[i] for i in with_attr])
+            valid[:len(objects)] = 1.0
+            graph = priors.relation_graph()
+            n = len(objects)
+            relation[:n, :n] = graph[:n, :n]
+        looked = (self.text_cache.hits - hits0) + (self.text_cache.misses - misses0)
+        timings = {"text": _ms(t0), "text_cache_hit_rate": ((self.text_cache.hits - hits0) / looked) if looked else 1.0}
+        return PriorEmbeddings(classes, vocab, obj, att, valid, relation, timings)
+
+    # -- image side ----------------------------------------------------------------------------------
+    def encode_image(self, frame: np.ndarray) -> ImageFeatures:
+        t0 = time.perf_counter()
+        rgb = check_frame(frame)
+        v, s = self.pre[VISION_TOWER.component], self.pre[SEGMENTER.component]
+        pixels = to_tensor(rgb, v["size"], v["mean"], v["std"])
+        seg_in = to_tensor(rgb, s["size"], s["mean"], s["std"])
+        t_pre = _ms(t0)
+        t1 = time.perf_counter()
+        hidden = self.engines[VISION_TOWER.component]({VISION_TOWER.inputs[0]: pixels})[VISION_TOWER.outputs[0]]
+        return ImageFeatures(rgb.shape[:2], seg_in, hidden, {"preprocess": t_pre, "vision": _ms(t1)})
+
+    def decode(self, image: ImageFeatures, emb: PriorEmbeddings, caption: str | None = None,
+               priors=None) -> Segmentation:
+        t0 = time.perf_counter()
+        feeds = dict(zip(SEGMENTER.inputs, (
+            image.segmenter_input, image.vision_hidden_states, emb.objects[None], emb.attributes[None],
+            emb.valid[None], emb.relation[None], emb.vocabulary)))
+        out = self.engines[SEGMENTER.component](feeds)
+        t_seg = _ms(t0)
+        t1 = time.perf_counter()
+        masks, classes = out[SEGMENTER.outputs[0]][0], out[SEGMENTER.outputs[1]][0]
+        labels, scores = semantic_map(masks, classes, image.frame_size)
+        timings = {**image.timings, **emb.timings, "segment": t_seg, "postprocess": _ms(t1)}
+        return Segmentation(labels, list(emb.classes), scores, caption, priors, timings, masks, classes)
+
+    def segment(self, frame: np.ndarray, vocabulary: Sequence[str] | None = None,
+                caption: str | None = None) -> Segmentation:
+        """Segment one H x W x 3 uint8 RGB frame.
+
+        `vocabulary`: the class names to label with; None means the caption's objects. `caption`: a
+        description of the frame whose priors guide the segmenter (until the captioner is built into
+        the artifacts, pass one, or a vocabulary, or both)."""
+        t0 = time.perf_counter()
+        if vocabulary is not None:
+            check_vocabulary(vocabulary)
+        if caption is not None and not isinstance(caption, str):
+            raise RuntimeInputError(f"caption must be a str, got {type(caption).__name__}")
+        if vocabulary is None and caption is None:
+            raise RuntimeInputError("pass vocabulary=[class names], caption='a description of the frame', or both "
+                                    "(this build has no captioner)")
+        image = self.encode_image(frame)
+        t1 = time.perf_counter()
+        priors = self.parse_caption(caption) if caption is not None else None
+        t_parse = _ms(t1)
+        emb = self.embed(priors, vocabulary)
+        seg = self.decode(image, emb, caption, priors)
+        seg.timings["parse"] = t_parse
+        seg.timings["total"] = _ms(t0)
+        return seg
+
+    # -- lifetime ------------------------------------------------------------------------------------
+    def close(self) -> None:
+        for engine in self.engines.values():
+            engine.close()
+
+    def __enter__(self) -> "Runtime":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Runtime({str(self.folder)!r}, backend={self.backend!r}, preset={self.manifest['preset']['name']!r})"
+
+
+def check_vocabulary(vocabulary: Sequence[str]) -> list[str]:
+    """A list of unique, non-empty class names (duplicates dropped, order kept)."""
+    if isinstance(vocabulary, str):
+        raise RuntimeInputError(f"vocabulary must be a list of class names, got the string {vocabulary!r}: "
+                                f"pass [{vocabulary!r}]")
+    names = list(vocabulary)
+    if not names:
+        raise RuntimeInputError("vocabulary is empty: pass at least one class name, or vocabulary=None to use "
+                                "the caption's objects")
+    bad = [n for n in names if not isinstance(n, str) or not n.strip()]
+    if bad:
+        raise RuntimeInputError(f"vocabulary names must be non-empty strings, got {bad[:5]}")
+    return list(dict.fromkeys(n.strip() for n in names))
+
+
+def load(path: str | Path, backend: str | None = None, threads: int | None = None,
+         cache_size: int = 4096, **engine_options: Any) -> Runtime:
+    """Validate an artifact folder (manifest, hashes, format version) and open it on `backend`.
+
+    `backend=None` takes the folder's recorded backend where it is installed, else ONNX Runtime."""
+    folder = Path(path)
+    if backend is not None and backend not in BACKENDS:
+        raise EngineError(f"unknown backend '{backend}': choose one of {', '.join(BACKENDS)}")
+    manifest = read_manifest(folder, verify=True)
+    if backend is None:
+        backend = manifest.get("backend", "onnxruntime")
+        if not backend_importable(backend):
+            log.warning("artifacts were built for %s, which is not installed here; using onnxruntime", backend)
+            backend = "onnxruntime"
+    engines = {name: create_engine(backend, name, folder, comp, threads=threads, **engine_options)
+               for name, comp in manifest["components"].items()}
+    return Runtime(folder, manifest, backend, engines, cache_size=cache_size)

@@ -1,0 +1,207 @@
+"""The main job end to end: build_engines.py -> artifact folder -> runtime.load(...).segment(frame)."""
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import runtime
+from conftest import ROOT, tiny_preset
+from engines.base import EngineError
+from engines.manifest import MANIFEST_NAME, ManifestError
+from export.build_engines import build, parse_args
+from runtime.demo import demo_frame
+from runtime.frames import FrameError
+from runtime.pipeline import RuntimeInputError
+
+CAPTION = "a red ball next to a blue box on a wooden table"
+VOCAB = ["ball", "box", "table", "wall"]
+
+
+@pytest.fixture(scope="module")
+def demo_artifacts(tmp_path_factory):
+    """The demo preset built by the real command line, once for this module."""
+    out = tmp_path_factory.mktemp("artifacts") / "demo"
+    subprocess.run([sys.executable, str(ROOT / "export" / "build_engines.py"), "--preset", "demo", "--out", str(out)],
+                   check=True, cwd=ROOT, capture_output=True, text=True)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_artifacts(tmp_path_factory):
+    out = tmp_path_factory.mktemp("artifacts") / "tiny"
+    build(parse_args(["--out", str(out)]), preset=tiny_preset())
+    return out
+
+
+@pytest.fixture
+def tiny_copy(tiny_artifacts, tmp_path):
+    dst = tmp_path / "copy"
+    shutil.copytree(tiny_artifacts, dst)
+    return dst
+
+
+def test_build_writes_manifest_with_hashes_specs_and_versions(demo_artifacts):
+    m = json.loads((demo_artifacts / MANIFEST_NAME).read_text())
+    assert m["preset"]["name"] == "demo" and m["precision"] == "fp32"
+    assert set(m["components"]) == {"vision_tower", "text_encoder", "segmenter"}
+    for comp in m["components"].values():
+        assert len(comp["onnx"]["sha256"]) == 64 and comp["onnx"]["size"] > 0
+        assert comp["max_abs_diff_vs_torch"] < 1e-4
+        assert all({"name", "dtype", "shape"} <= spec.keys() for spec in comp["inputs"] + comp["outputs"])
+    priors = [s for s in m["components"]["segmenter"]["inputs"] if s["name"] == "object_embeddings"][0]
+    assert priors["shape"][1] == "priors" and priors["min_shape"][1] == 1
+    assert {"torch", "onnx", "onnxruntime", "transformers"} <= m["versions"].keys()
+    assert m["components"]["segmenter"]["random_weights"] is True
+    assert not list(demo_artifacts.parent.glob(".*staging*")), "the staging folder must be cleaned up"
+
+
+def test_onnxruntime_and_torch_agree_on_the_demo_preset(demo_artifacts):
+    ort_rt = runtime.load(demo_artifacts, backend="onnxruntime")
+    torch_rt = runtime.load(demo_artifacts, backend="torch")
+    for i in range(3):
+        frame = demo_frame(i, (200 + 40 * i, 300))
+        a = ort_rt.segment(frame, vocabulary=VOCAB, caption=CAPTION)
+        b = torch_rt.segment(frame, vocabulary=VOCAB, caption=CAPTION)
+        assert a.labels.shape == frame.shape[:2] and a.labels.dtype == np.int32
+        assert a.classes == b.classes == VOCAB
+        np.testing.assert_allclose(a.mask_logits, b.mask_logits, atol=1e-4)
+        np.testing.assert_allclose(a.class_logits, b.class_logits, atol=1e-4)
+        assert np.array_equal(a.labels, b.labels)
+        assert set(a.timings) >= {"preprocess", "vision", "parse", "text", "segment", "postprocess", "total"}
+
+
+def test_caption_alone_gives_an_open_vocabulary(tiny_artifacts):
+    rt = runtime.load(tiny_artifacts)
+    seg = rt.segment(demo_frame(0), caption=CAPTION)
+    assert seg.priors is not None and {"ball", "box", "table"} <= set(seg.classes)
+    assert seg.labels.max() < len(seg.classes)
+
+
+def test_text_cache_makes_repeated_frames_free(tiny_artifacts):
+    rt = runtime.load(tiny_artifacts)
+    rt.segment(demo_frame(0), vocabulary=VOCAB, caption=CAPTION)
+    seg = rt.segment(demo_frame(1), vocabulary=VOCAB, caption=CAPTION)
+    assert seg.timings["text_cache_hit_rate"] == 1.0
+
+
+@pytest.mark.parametrize("frame,match", [
+    (np.zeros((32, 32, 3), np.int16), "dtype must be uint8"),
+    (np.zeros((32, 32, 4), np.uint8), "3 channels.*RGBA"),
+    (np.zeros((32, 32), np.uint8), "2-D"),
+    (np.zeros((0, 32, 3), np.uint8), "empty"),
+    (np.full((8, 8, 3), np.nan, np.float32), "NaN"),
+    (np.full((8, 8, 3), 7.0, np.float32), r"\[0, 1\]"),
+    ([[1, 2, 3]], "numpy array"),
+])
+def test_bad_frames_are_clear_errors(tiny_artifacts, frame, match):
+    rt = runtime.load(tiny_artifacts)
+    with pytest.raises(FrameError, match=match):
+        rt.segment(frame, vocabulary=VOCAB)
+
+
+def test_float_frames_in_unit_range_are_accepted(tiny_artifacts):
+    rt = runtime.load(tiny_artifacts)
+    frame = demo_frame(2, (64, 64))
+    a = rt.segment(frame, vocabulary=VOCAB)
+    b = rt.segment(frame.astype(np.float32) / 255.0, vocabulary=VOCAB)
+    assert np.array_equal(a.labels, b.labels)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"vocabulary": []}, "vocabulary is empty"),
+    ({"vocabulary": "dog"}, "list of class names"),
+    ({"vocabulary": ["dog", ""]}, "non-empty strings"),
+    ({}, "pass vocabulary"),
+    ({"caption": "   "}, "names no objects"),
+])
+def test_bad_vocabulary_and_caption_are_clear_errors(tiny_artifacts, kwargs, match):
+    rt = runtime.load(tiny_artifacts)
+    with pytest.raises(RuntimeInputError, match=match):
+        rt.segment(demo_frame(0, (64, 64)), **kwargs)
+
+
+def test_altered_file_is_named(tiny_copy):
+    with open(tiny_copy / "segmenter.onnx", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(ManifestError, match="segmenter.onnx .*altered"):
+        runtime.load(tiny_copy)
+
+
+def test_missing_file_is_named(tiny_copy):
+    (tiny_copy / "tokenizer.json").unlink()
+    with pytest.raises(ManifestError, match="tokenizer.json .*missing"):
+        runtime.load(tiny_copy)
+
+
+def test_newer_manifest_format_is_refused(tiny_copy):
+    path = tiny_copy / MANIFEST_NAME
+    m = json.loads(path.read_text())
+    m["format_version"] += 1
+    path.write_text(json.dumps(m))
+    with pytest.raises(ManifestError, match="newer than this runtime"):
+        runtime.load(tiny_copy)
+
+
+def test_missing_manifest_and_unknown_backend(tiny_copy, tmp_path):
+    with pytest.raises(EngineError, match="unknown backend 'tensorflow'"):
+        runtime.load(tiny_copy, backend="tensorflow")
+    (tiny_copy / MANIFEST_NAME).unlink()
+    with pytest.raises(ManifestError, match="no finished build"):
+        runtime.load(tiny_copy)
+    with pytest.raises(ManifestError, match="does not exist"):
+        runtime.load(tmp_path / "nowhere")
+
+
+def test_failed_rebuild_keeps_the_previous_build_valid(tiny_copy, monkeypatch):
+    import export.build_engines as be
+
+    before = (tiny_copy / MANIFEST_NAME).read_text()
+
+    def crash(*a, **k):
+        raise KeyboardInterrupt("killed half-way")
+
+    monkeypatch.setattr(be, "validate", crash)
+    with pytest.raises(KeyboardInterrupt):
+        build(parse_args(["--out", str(tiny_copy), "--seed", "3"]), preset=tiny_preset())
+    assert (tiny_copy / MANIFEST_NAME).read_text() == before
+    runtime.load(tiny_copy)  # still loads: hashes match the files
+    assert not list(tiny_copy.parent.glob(".*staging*"))
+
+
+def test_runtime_runs_without_torch(tiny_artifacts):
+    """`import runtime` and a full segment() on ONNX Runtime with torch and transformers unimportable."""
+    code = textwrap.dedent(f"""
+        import sys, importlib.abc
+        class Block(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name.split('.')[0] in ('torch', 'transformers'):
+                    raise ModuleNotFoundError(f'No module named {{name!r}} (hidden by the test)')
+        sys.meta_path.insert(0, Block())
+        sys.path.insert(0, {str(ROOT)!r})
+        import numpy as np, runtime
+        from runtime.demo import demo_frame
+        rt = runtime.load({str(tiny_artifacts)!r})
+        seg = rt.segment(demo_frame(0, (64, 80)), vocabulary=['ball', 'box'], caption='a red ball on a box')
+        assert seg.labels.shape == (64, 80), seg.labels.shape
+        assert rt.backend == 'onnxruntime'
+        assert not any(m.split('.')[0] in ('torch', 'transformers') for m in sys.modules)
+        print('ok')
+    """)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr[-3000:]
+
+
+def test_torch_backend_cannot_be_asked_for_tensorrt_here(tiny_artifacts):
+    pytest.importorskip("torch")
+    try:
+        import tensorrt  # noqa: F401
+        pytest.skip("TensorRT is installed here")
+    except ImportError:
+        pass
+    with pytest.raises(EngineError, match="not installed"):
+        runtime.load(tiny_artifacts, backend="tensorrt")
