@@ -114,6 +114,7 @@ def build(args: argparse.Namespace, preset=None) -> Path:
     text = build_text_encoder(preset.text_encoder)
     if not preset.text_encoder.source:
         random_parts.append("text_encoder")
+    preset = sync_with_loaded_models(preset, tower, text)
     if args.segmenter:
         segmenter = load_segmenter(args.segmenter)
         if segmenter.cfg != preset.segmenter:
@@ -122,6 +123,7 @@ def build(args: argparse.Namespace, preset=None) -> Path:
     else:
         segmenter = LLMFormerSegmenter(preset.segmenter).eval()
         random_parts.append("segmenter")
+    check_segmenter_fits(preset)
     log(f"  models ready ({time.perf_counter() - t:.1f} s)")
     if random_parts:
         bar = "!" * 78
@@ -183,6 +185,37 @@ def build(args: argparse.Namespace, preset=None) -> Path:
     summary(out, entries)
     log(f"done in {time.perf_counter() - t_all:.1f} s: {out / MANIFEST_NAME}")
     return out
+
+
+def sync_with_loaded_models(preset, tower, text):
+    """A tower or text encoder loaded from a folder decides its own sizes: copy them into the preset, and
+    size a random segmenter to match (a checkpoint's segmenter is checked in `check_segmenter_fits`)."""
+    hf = tower.model.config
+    vt = dataclasses.replace(preset.vision_tower, hidden_size=hf.hidden_size, image_size=hf.image_size,
+                             patch_size=hf.patch_size, num_layers=hf.num_hidden_layers,
+                             num_heads=hf.num_attention_heads, intermediate_size=hf.intermediate_size)
+    bad = [i for i in vt.feature_layers if not 0 <= i <= vt.num_layers]
+    if bad:
+        raise SystemExit(f"vision tower has {vt.num_layers} layers; feature layers {bad} do not exist")
+    tc = text.model.config
+    embed = getattr(tc, "projection_dim", None) if text.kind == "clip" else tc.hidden_size
+    te = dataclasses.replace(preset.text_encoder, embed_dim=int(embed), hidden_size=tc.hidden_size,
+                             num_layers=tc.num_hidden_layers, num_heads=tc.num_attention_heads,
+                             intermediate_size=tc.intermediate_size, vocab_size=tc.vocab_size)
+    seg = dataclasses.replace(preset.segmenter, vit_dim=vt.hidden_size, vit_grid=vt.grid, vit_has_cls=vt.has_cls,
+                              vit_layers=len(vt.feature_layers), text_dim=te.embed_dim)
+    return dataclasses.replace(preset, vision_tower=vt, text_encoder=te, segmenter=seg)
+
+
+def check_segmenter_fits(preset) -> None:
+    s, vt, te = preset.segmenter, preset.vision_tower, preset.text_encoder
+    want = {"vit_dim": vt.hidden_size, "vit_grid": vt.grid, "vit_has_cls": vt.has_cls,
+            "vit_layers": len(vt.feature_layers), "text_dim": te.embed_dim}
+    wrong = {k: (getattr(s, k), v) for k, v in want.items() if getattr(s, k) != v}
+    if wrong:
+        detail = ", ".join(f"{k} {a} (towers give {b})" for k, (a, b) in wrong.items())
+        raise SystemExit(f"the segmenter checkpoint does not fit the vision tower / text encoder: {detail}; "
+                         f"pass the tower and text encoder it was trained with")
 
 
 def _imagenet():

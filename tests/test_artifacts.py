@@ -205,3 +205,39 @@ def test_torch_backend_cannot_be_asked_for_tensorrt_here(tiny_artifacts):
         pass
     with pytest.raises(EngineError, match="not installed"):
         runtime.load(tiny_artifacts, backend="tensorrt")
+
+
+def test_build_from_local_folders_and_a_checkpoint(tmp_path):
+    """Real weights come from local folders: the tower and text encoder decide their own sizes, and a
+    segmenter checkpoint that does not fit them is refused with the mismatch named."""
+    import dataclasses
+
+    import torch
+
+    from models.checkpoint import save_segmenter
+    from models.segmenter import LLMFormerSegmenter
+    from models.text_encoder import build_text_encoder, tokenizer_file
+    from models.vision_tower import build_vision_model
+
+    p = tiny_preset()
+    wider = dataclasses.replace(p.vision_tower, hidden_size=48, num_heads=4)
+    build_vision_model(wider).save_pretrained(tmp_path / "tower")
+    text = build_text_encoder(p.text_encoder)
+    text.model.save_pretrained(tmp_path / "text")
+    shutil.copy(tokenizer_file(p.text_encoder), tmp_path / "text" / "tokenizer.json")
+
+    out = build(parse_args(["--out", str(tmp_path / "a"), "--vision-tower", str(tmp_path / "tower"),
+                            "--text-encoder", str(tmp_path / "text")]), preset=p)
+    m = json.loads((out / MANIFEST_NAME).read_text())
+    assert m["preset"]["segmenter"]["vit_dim"] == 48
+    assert m["components"]["vision_tower"]["random_weights"] is False
+    assert m["components"]["text_encoder"]["random_weights"] is False
+    runtime.load(out).segment(demo_frame(0, (64, 64)), vocabulary=VOCAB)
+
+    torch.manual_seed(0)
+    ckpt = save_segmenter(LLMFormerSegmenter(p.segmenter), tmp_path / "seg.safetensors")  # made for width 32
+    with pytest.raises(SystemExit, match="vit_dim 32 \\(towers give 48\\)"):
+        build(parse_args(["--out", str(tmp_path / "b"), "--vision-tower", str(tmp_path / "tower"),
+                          "--segmenter", str(ckpt)]), preset=p)
+    out = build(parse_args(["--out", str(tmp_path / "c"), "--segmenter", str(ckpt)]), preset=p)
+    assert json.loads((out / MANIFEST_NAME).read_text())["components"]["segmenter"]["random_weights"] is False
