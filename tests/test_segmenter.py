@@ -1,6 +1,4 @@
-import dataclasses
 
-import numpy as np
 import pytest
 import torch
 
