@@ -87,6 +87,7 @@ def build(args: argparse.Namespace, preset=None) -> Path:
     from models.segmenter import LLMFormerSegmenter
     from models.text_encoder import build_text_encoder, tokenizer_file
     from models.vision_tower import VisionTower, build_vision_model
+    from runtime.priors import parser_model
 
     if args.opset < 17:
         raise SystemExit(f"--opset {args.opset}: GridSample (MSDA) needs opset 16+, and this project builds 17+")
@@ -176,6 +177,7 @@ def build(args: argparse.Namespace, preset=None) -> Path:
                 "segmenter": {"size": preset.segmenter.frame_size, "mean": list(_imagenet()[0]),
                               "std": list(_imagenet()[1])},
             },
+            "priors": {"parser": parser_model()},
             "components": entries,
             "versions": versions(),
         }

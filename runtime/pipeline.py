@@ -47,6 +47,7 @@ class PriorEmbeddings:
     attributes: np.ndarray               # (K, E), zero where an object has no attribute
     valid: np.ndarray                    # (K,) float32
     relation: np.ndarray                 # (K, K) float32
+    prior_classes: list[int | None] = field(default_factory=list)  # each prior object's class, if any
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -70,7 +71,7 @@ class Runtime:
     """Runs one artifact folder on one backend. Use `load()` to make one."""
 
     def __init__(self, folder: Path, manifest: dict[str, Any], backend: str, engines: dict[str, Engine],
-                 cache_size: int = 4096):
+                 cache_size: int = 4096, map_threshold: float = 0.5, parser_model: str | None = None):
         from tokenizers import Tokenizer
 
         from runtime.vocabulary import CachedEncoder
@@ -82,6 +83,9 @@ class Runtime:
         self.tokenizer.enable_truncation(self.max_length)
         self.tokenizer.enable_padding(length=self.max_length)
         self.text_cache = CachedEncoder(self._encode_uncached, size=cache_size)
+        self.map_threshold = float(map_threshold)
+        # The spaCy pipeline the build recorded, unless the caller names another.
+        self.parser_model = parser_model or manifest.get("priors", {}).get("parser")
         self.pre = manifest["preprocess"]
         self.text_dim = int(manifest["preset"]["segmenter"]["text_dim"])
         self.limits = {spec["name"]: spec for spec in manifest["components"][SEGMENTER.component]["inputs"]}
@@ -105,13 +109,17 @@ class Runtime:
         return self.text_cache(list(phrases))
 
     def parse_caption(self, caption: str):
-        from runtime.priors import parse
+        from runtime.priors import load_nlp, parse
 
-        return parse(caption)
+        return parse(caption, nlp=load_nlp(self.parser_model))
 
     def embed(self, priors, vocabulary: Sequence[str] | None) -> PriorEmbeddings:
         """Embeddings of the priors and the vocabulary. With no vocabulary the priors' objects are the
-        vocabulary (open vocabulary without candidate classes)."""
+        vocabulary (open vocabulary without candidate classes). With one, each prior object is mapped to
+        the nearest class name (cosine >= `map_threshold`) and keyed by that name's embedding, so the
+        caption's "puppy" steers queries to the class "dog"; unmapped objects keep their own embedding."""
+        from runtime.vocabulary import map_to_vocabulary
+
         t0 = time.perf_counter()
         hits0, misses0 = self.text_cache.hits, self.text_cache.misses
         objects = list(priors.objects) if priors is not None else []
@@ -140,8 +148,11 @@ class Runtime:
         att = np.zeros((K, self.text_dim), np.float32)
         valid = np.zeros((K,), np.float32)
         relation = np.zeros((K, K), np.float32)
+        mapping: list[int | None] = []
         if objects:
-            obj[:len(objects)] = self.encode_text(names)
+            mapping = map_to_vocabulary(names, classes, self.encode_text, self.map_threshold)
+            keys = [classes[m] if m is not None else n for n, m in zip(names, mapping)]
+            obj[:len(objects)] = self.encode_text(keys)
             with_attr = [i for i, a in enumerate(attrs) if a]
             if with_attr:
                 att[with_attr] = self.encode_text([attrs[i] for i in with_attr])
@@ -151,7 +162,7 @@ class Runtime:
             relation[:n, :n] = graph[:n, :n]
         looked = (self.text_cache.hits - hits0) + (self.text_cache.misses - misses0)
         timings = {"text": _ms(t0), "text_cache_hit_rate": ((self.text_cache.hits - hits0) / looked) if looked else 1.0}
-        return PriorEmbeddings(classes, vocab, obj, att, valid, relation, timings)
+        return PriorEmbeddings(classes, vocab, obj, att, valid, relation, mapping, timings)
 
     # -- image side ----------------------------------------------------------------------------------
     def encode_image(self, frame: np.ndarray) -> ImageFeatures:
@@ -235,10 +246,14 @@ def check_vocabulary(vocabulary: Sequence[str]) -> list[str]:
 
 
 def load(path: str | Path, backend: str | None = None, threads: int | None = None,
-         cache_size: int = 4096, **engine_options: Any) -> Runtime:
+         cache_size: int = 4096, map_threshold: float = 0.5, parser_model: str | None = None,
+         **engine_options: Any) -> Runtime:
     """Validate an artifact folder (manifest, hashes, format version) and open it on `backend`.
 
-    `backend=None` takes the folder's recorded backend where it is installed, else ONNX Runtime."""
+    `backend=None` takes the folder's recorded backend where it is installed, else ONNX Runtime.
+    `cache_size`: phrases kept in the text-embedding cache. `map_threshold`: cosine similarity above
+    which a caption object is taken for a vocabulary class. `parser_model`: a spaCy pipeline name
+    (default: the one the build recorded)."""
     folder = Path(path)
     if backend is not None and backend not in BACKENDS:
         raise EngineError(f"unknown backend '{backend}': choose one of {', '.join(BACKENDS)}")
@@ -250,4 +265,5 @@ def load(path: str | Path, backend: str | None = None, threads: int | None = Non
             backend = "onnxruntime"
     engines = {name: create_engine(backend, name, folder, comp, threads=threads, **engine_options)
                for name, comp in manifest["components"].items()}
-    return Runtime(folder, manifest, backend, engines, cache_size=cache_size)
+    return Runtime(folder, manifest, backend, engines, cache_size=cache_size, map_threshold=map_threshold,
+                   parser_model=parser_model)

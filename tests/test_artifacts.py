@@ -240,3 +240,21 @@ def test_build_from_local_folders_and_a_checkpoint(tmp_path):
                           "--segmenter", str(ckpt)]), preset=p)
     out = build(parse_args(["--out", str(tmp_path / "c"), "--segmenter", str(ckpt)]), preset=p)
     assert json.loads((out / MANIFEST_NAME).read_text())["components"]["segmenter"]["random_weights"] is False
+
+
+def test_caption_objects_map_onto_the_vocabulary(tiny_artifacts):
+    """A caption's synonym is keyed by the class it maps to; an exact name maps to itself."""
+    rt = runtime.load(tiny_artifacts, map_threshold=0.5)
+    priors = rt.parse_caption("a red ball next to a crate")
+    emb = rt.embed(priors, ["ball", "box"])
+    assert emb.prior_classes[0] == 0
+    m = json.loads((tiny_artifacts / MANIFEST_NAME).read_text())
+    assert m["priors"]["parser"].startswith("en_core_web_sm")
+
+
+def test_puppy_helps_the_class_dog_with_the_real_text_encoder(demo_artifacts):
+    rt = runtime.load(demo_artifacts)
+    emb = rt.embed(rt.parse_caption("a puppy sleeping on a sofa"), ["dog", "car", "couch"])
+    assert emb.prior_classes == [0, 2]
+    dog = rt.encode_text(["dog"])[0]
+    np.testing.assert_allclose(emb.objects[0], dog, atol=1e-6)  # keyed by the class it maps to
