@@ -216,6 +216,15 @@ class Runtime:
         return seg
 
     # -- lifetime ------------------------------------------------------------------------------------
+    def warmup(self) -> None:
+        """Load the caption parser and run every engine once, so the first real frame pays for neither
+        (spaCy takes seconds to load; backends allocate on their first run)."""
+        from runtime.priors import load_nlp
+
+        load_nlp(self.parser_model)
+        size = int(self.pre[SEGMENTER.component]["size"])
+        self.segment(np.zeros((size, size, 3), np.uint8), vocabulary=["object"])
+
     def close(self) -> None:
         for engine in self.engines.values():
             engine.close()
@@ -247,13 +256,13 @@ def check_vocabulary(vocabulary: Sequence[str]) -> list[str]:
 
 def load(path: str | Path, backend: str | None = None, threads: int | None = None,
          cache_size: int = 4096, map_threshold: float = 0.5, parser_model: str | None = None,
-         **engine_options: Any) -> Runtime:
+         warmup: bool = True, **engine_options: Any) -> Runtime:
     """Validate an artifact folder (manifest, hashes, format version) and open it on `backend`.
 
     `backend=None` takes the folder's recorded backend where it is installed, else ONNX Runtime.
     `cache_size`: phrases kept in the text-embedding cache. `map_threshold`: cosine similarity above
     which a caption object is taken for a vocabulary class. `parser_model`: a spaCy pipeline name
-    (default: the one the build recorded)."""
+    (default: the one the build recorded). `warmup`: load the parser and run each engine once now."""
     folder = Path(path)
     if backend is not None and backend not in BACKENDS:
         raise EngineError(f"unknown backend '{backend}': choose one of {', '.join(BACKENDS)}")
@@ -265,5 +274,8 @@ def load(path: str | Path, backend: str | None = None, threads: int | None = Non
             backend = "onnxruntime"
     engines = {name: create_engine(backend, name, folder, comp, threads=threads, **engine_options)
                for name, comp in manifest["components"].items()}
-    return Runtime(folder, manifest, backend, engines, cache_size=cache_size, map_threshold=map_threshold,
-                   parser_model=parser_model)
+    rt = Runtime(folder, manifest, backend, engines, cache_size=cache_size, map_threshold=map_threshold,
+                 parser_model=parser_model)
+    if warmup:
+        rt.warmup()
+    return rt

@@ -129,3 +129,16 @@ def test_preset_json_round_trip_and_bad_configs():
         SegmenterConfig(mask_stride=16)
     with pytest.raises(ValueError, match="unknown preset"):
         get_preset("huge")
+
+
+def test_runtime_numpy_semantic_map_matches_the_torch_reference():
+    from runtime.frames import semantic_map
+
+    g = torch.Generator().manual_seed(0)
+    masks = torch.randn(16, 32, 32, generator=g) * 3
+    classes = torch.randn(16, 7, generator=g) * 2
+    ref, _ = semantic_inference(masks, classes, (90, 130))
+    labels, scores = semantic_map(masks.numpy(), classes.numpy(), (90, 130))
+    assert labels.shape == (90, 130) and labels.dtype.name == "int32"
+    assert (labels == ref.numpy()).mean() > 0.999
+    assert scores.shape == (6,) and ((scores >= 0) & (scores <= 1)).all()
