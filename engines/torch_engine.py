@@ -33,12 +33,18 @@ class TorchEngine(Engine):
                        threads: int | None = None, **_: Any) -> "TorchEngine":
         from models.checkpoint import CheckpointError, load_component
 
-        weights = component.get("weights")
-        if not weights:
-            raise EngineError(f"{name}: this build has no PyTorch weights; rebuild with build_engines.py")
+        weights, captioner = component.get("weights"), component.get("torch")
         try:
-            module = load_component(Path(folder) / weights["file"])
-        except CheckpointError as exc:
+            if captioner:  # one part of a transformers LLaVA checkpoint saved beside the graphs
+                from models.captioner import captioner_part
+
+                module = captioner_part(Path(folder) / captioner["captioner"], captioner["part"],
+                                        captioner.get("segmenter_layers", ()))
+            elif weights:
+                module = load_component(Path(folder) / weights["file"])
+            else:
+                raise EngineError(f"{name}: this build has no PyTorch weights; rebuild with build_engines.py")
+        except (CheckpointError, ValueError, OSError) as exc:
             raise EngineError(f"{name}: {exc}") from exc
         return cls(name, module, [TensorSpec.from_json(s) for s in component["inputs"]],
                    [TensorSpec.from_json(s) for s in component["outputs"]], device=device, threads=threads)

@@ -29,6 +29,7 @@ from engines.manifest import MANIFEST_NAME, file_entry, write_manifest  # noqa: 
 
 PRECISIONS = ("fp32",)
 TOKENIZER_FILE = "tokenizer.json"
+CAPTIONER_DIR = "captioner"  # the captioner checkpoint (transformers format), for the PyTorch backend
 
 
 def log(msg: str) -> None:
@@ -69,6 +70,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--segmenter", type=Path, default=None, help="segmenter checkpoint (.safetensors)")
     ap.add_argument("--vision-tower", type=Path, default=None, help="local folder of a CLIP/SigLIP vision model")
     ap.add_argument("--text-encoder", type=Path, default=None, help="local folder of the text encoder")
+    ap.add_argument("--captioner", type=Path, default=None,
+                    help="local folder of a LLaVA-Phi2 checkpoint (transformers' native LLaVA format)")
+    ap.add_argument("--no-captioner", action="store_true", help="build without a captioner")
     ap.add_argument("--opset", type=int, default=17, help="ONNX opset (17 or newer)")
     ap.add_argument("--seed", type=int, default=0, help="seed for random weights")
     ap.add_argument("--skip-validation", action="store_true", help="skip the ONNX Runtime vs PyTorch check")
@@ -79,8 +83,10 @@ def build(args: argparse.Namespace, preset=None) -> Path:
     """Build the artifact folder `args.out`; `preset` overrides `--preset` (tests pass tiny ones)."""
     import torch
 
-    from export.components import (DEFAULT_RANGES, segmenter_component, text_encoder_component,
+    from export.components import (DEFAULT_RANGES, Component, segmenter_component, text_encoder_component,
                                    vision_tower_component)
+    from models.captioner import CaptionerVision, build_tiny_captioner, load_captioner, save_captioner
+    from models.names import CAPTIONER_DECODER, CAPTIONER_EMBED, CAPTIONER_VISION
     from export.onnx_utils import check_onnx, export_onnx, graph_specs
     from models.checkpoint import load_segmenter, save_component
     from models.presets import get_preset
@@ -105,38 +111,57 @@ def build(args: argparse.Namespace, preset=None) -> Path:
                                                                               source=str(args.text_encoder)))
     torch.manual_seed(args.seed)
     t_all = time.perf_counter()
+    captioner_source = None if args.no_captioner else (str(args.captioner) if args.captioner else preset.captioner)
+    if captioner_source and args.vision_tower:
+        raise SystemExit("--vision-tower and a captioner both bring a vision tower: the segmenter shares the "
+                         "captioner's (one tower pass per frame); drop --vision-tower or pass --no-captioner")
     log(f"building preset '{preset.name}' -> {out} (backend {backend}, {args.precision}, opset {args.opset})")
-
-    random_parts = []
-    t = time.perf_counter()
-    tower = VisionTower(build_vision_model(preset.vision_tower), preset.vision_tower.feature_layers).eval()
-    if not preset.vision_tower.source:
-        random_parts.append("vision_tower")
-    text = build_text_encoder(preset.text_encoder)
-    if not preset.text_encoder.source:
-        random_parts.append("text_encoder")
-    preset = sync_with_loaded_models(preset, tower, text)
-    if args.segmenter:
-        segmenter = load_segmenter(args.segmenter)
-        if segmenter.cfg != preset.segmenter:
-            log(f"  note: the checkpoint's segmenter config differs from preset '{preset.name}'; using the checkpoint's")
-            preset = dataclasses.replace(preset, segmenter=segmenter.cfg)
-    else:
-        segmenter = LLMFormerSegmenter(preset.segmenter).eval()
-        random_parts.append("segmenter")
-    check_segmenter_fits(preset)
-    log(f"  models ready ({time.perf_counter() - t:.1f} s)")
-    if random_parts:
-        bar = "!" * 78
-        log(f"{bar}\n!! RANDOM WEIGHTS: {', '.join(random_parts)} {'is' if len(random_parts) == 1 else 'are'} "
-            f"untrained. The masks will be meaningless.\n!! Pass --segmenter CKPT / --vision-tower DIR / "
-            f"--text-encoder DIR for real weights.\n{bar}")
-
-    components = [vision_tower_component(preset, tower, args.seed), text_encoder_component(preset, text, args.seed),
-                  segmenter_component(preset, segmenter, args.seed)]
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.staging-"))
     try:
+        random_parts = []
+        t = time.perf_counter()
+        captioner = None
+        if captioner_source == "tiny":
+            captioner = build_tiny_captioner(staging / CAPTIONER_DIR, preset.vision_tower, seed=args.seed)
+            random_parts.append("captioner")
+        elif captioner_source:
+            captioner = load_captioner(captioner_source)
+            save_captioner(captioner.model, captioner.tokenizer, staging / CAPTIONER_DIR, captioner.prompt)
+        if captioner is not None:
+            tower_model = captioner.model.model.vision_tower
+            if captioner_source == "tiny":
+                random_parts.append("vision_tower")
+        else:
+            tower_model = build_vision_model(preset.vision_tower)
+            if not preset.vision_tower.source:
+                random_parts.append("vision_tower")
+        tower = VisionTower(tower_model, preset.vision_tower.feature_layers).eval()
+        text = build_text_encoder(preset.text_encoder)
+        if not preset.text_encoder.source:
+            random_parts.append("text_encoder")
+        preset = sync_with_loaded_models(preset, tower, text)
+        preset = dataclasses.replace(preset, captioner=captioner_source)
+        if args.segmenter:
+            segmenter = load_segmenter(args.segmenter)
+            if segmenter.cfg != preset.segmenter:
+                log(f"  note: the checkpoint's segmenter config differs from preset '{preset.name}'; using the checkpoint's")
+                preset = dataclasses.replace(preset, segmenter=segmenter.cfg)
+        else:
+            segmenter = LLMFormerSegmenter(preset.segmenter).eval()
+            random_parts.append("segmenter")
+        check_segmenter_fits(preset)
+        log(f"  models ready ({time.perf_counter() - t:.1f} s)")
+        if random_parts:
+            bar = "!" * 78
+            log(f"{bar}\n!! RANDOM WEIGHTS: {', '.join(random_parts)} {'is' if len(random_parts) == 1 else 'are'} "
+                f"untrained. Captions and masks will be meaningless.\n!! Pass --captioner DIR / --segmenter CKPT / "
+                f"--vision-tower DIR / --text-encoder DIR for real weights.\n{bar}")
+
+        # With a captioner its vision graph (tower + projector) is the per-frame vision component.
+        components = [text_encoder_component(preset, text, args.seed), segmenter_component(preset, segmenter, args.seed)]
+        if captioner is None:
+            components.insert(0, vision_tower_component(preset, tower, args.seed))
         entries = {}
         for comp in components:
             t = time.perf_counter()
@@ -153,16 +178,35 @@ def build(args: argparse.Namespace, preset=None) -> Path:
                 "outputs": [s.to_json() for s in graph_specs(inferred, "outputs", DEFAULT_RANGES)],
                 "random_weights": comp.name in random_parts,
             }
-            log(f"  exported {comp.name:<13} {entries[comp.name]['onnx']['size'] / 1e6:8.1f} MB "
+            log(f"  exported {comp.name:<17} {entries[comp.name]['onnx']['size'] / 1e6:8.1f} MB "
                 f"({time.perf_counter() - t:.1f} s)")
         shutil.copyfile(tokenizer_file(preset.text_encoder), staging / TOKENIZER_FILE)
+        captioner_info = None
+        if captioner is not None:
+            t = time.perf_counter()
+            captioner_info = export_captioner_entries(captioner, staging, preset, args, entries,
+                                                      random="captioner" in random_parts)
+            log(f"  exported captioner (vision, embed, decoder) ({time.perf_counter() - t:.1f} s)")
 
         if not args.skip_validation:
-            for comp in components:
+            checks = list(components)
+            if captioner is not None:
+                layers = preset.vision_tower.feature_layers
+                pixels = vision_tower_component(preset, tower, args.seed).example
+                checks.insert(0, Component(CAPTIONER_VISION, CaptionerVision(captioner.model, layers), pixels))
+            for comp in checks:
                 t = time.perf_counter()
                 entries[comp.name]["max_abs_diff_vs_torch"] = validate(comp, staging / entries[comp.name]["onnx"]["file"])
-                log(f"  validated {comp.name:<12} max |ORT - PyTorch| = "
+                log(f"  validated {comp.name:<16} max |ORT - PyTorch| = "
                     f"{entries[comp.name]['max_abs_diff_vs_torch']:.2e} ({time.perf_counter() - t:.1f} s)")
+            if captioner is not None:
+                t = time.perf_counter()
+                same = validate_caption(staging, entries, captioner_info)
+                for name in (CAPTIONER_EMBED.component, CAPTIONER_DECODER.component):
+                    entries[name]["greedy_tokens_match_torch"] = same
+                log(f"  validated captioner greedy tokens ORT == PyTorch: {same} ({time.perf_counter() - t:.1f} s)")
+                if not same:
+                    raise SystemExit("the exported captioner does not decode like PyTorch; not publishing")
 
         manifest = {
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -178,6 +222,7 @@ def build(args: argparse.Namespace, preset=None) -> Path:
                               "std": list(_imagenet()[1])},
             },
             "priors": {"parser": parser_model()},
+            "captioner": captioner_info,
             "components": entries,
             "versions": versions(),
         }
@@ -220,6 +265,56 @@ def check_segmenter_fits(preset) -> None:
                          f"pass the tower and text encoder it was trained with")
 
 
+def export_captioner_entries(captioner, staging: Path, preset, args, entries: dict, random: bool) -> dict:
+    """Export the captioner's three graphs into `staging`, add their manifest entries to `entries`, and
+    return the manifest's captioner section (tokenizer, prompt format, context)."""
+    from export.captioner import export_captioner
+
+    exp = export_captioner(captioner, staging, preset.vision_tower.feature_layers, opset=args.opset)
+    checkpoint = [file_entry(staging, str(p.relative_to(staging)))
+                  for p in sorted((staging / CAPTIONER_DIR).rglob("*")) if p.is_file()]
+    parts = {"vision": exp.vision, "embed": exp.embed, "decoder": exp.decoder}
+    for part, graph in parts.items():
+        entries[graph.names.component] = {
+            "precision": args.precision,
+            "onnx": file_entry(staging, graph.file),
+            "data_files": [file_entry(staging, f) for f in graph.data_files],
+            "inputs": [s.to_json() for s in graph.inputs],
+            "outputs": [s.to_json() for s in graph.outputs],
+            "profiles": graph.profiles,
+            "torch": {"captioner": CAPTIONER_DIR, "part": part, "segmenter_layers": list(preset.vision_tower.feature_layers),
+                      "files": checkpoint},
+            "random_weights": random,
+        }
+    return {"tokenizer": file_entry(staging, exp.tokenizer_file), "prompt": file_entry(staging, exp.prompt_file),
+            "max_context": exp.max_context, "image_tokens": exp.image_tokens}
+
+
+def validate_caption(staging: Path, entries: dict, info: dict, tokens: int = 8) -> bool:
+    """Greedy-decode one random image's caption on ONNX Runtime and on PyTorch: same tokens?"""
+    import numpy as np
+
+    from engines.base import create_engine
+    from models.names import CAPTIONER_DECODER, CAPTIONER_EMBED
+    from runtime.decode import CaptionDecoder
+
+    captions = []
+    rng = np.random.default_rng(0)
+    embeds = None
+    for backend in ("onnxruntime", "torch"):
+        engines = {n: create_engine(backend, n, staging, entries[n], providers=["CPUExecutionProvider"]
+                                    if backend == "onnxruntime" else None)
+                   for n in (CAPTIONER_EMBED.component, CAPTIONER_DECODER.component)}
+        dec = CaptionDecoder.from_files(staging / info["tokenizer"]["file"], staging / info["prompt"]["file"],
+                                        engines[CAPTIONER_EMBED.component], engines[CAPTIONER_DECODER.component],
+                                        max_context=info["max_context"])
+        if embeds is None:
+            spec = entries[CAPTIONER_DECODER.component]["inputs"][0]
+            embeds = rng.standard_normal((1, info["image_tokens"], spec["shape"][2])).astype(np.float32)
+        captions.append(dec.caption_embeds(embeds, max_new_tokens=tokens).token_ids)
+    return list(captions[0]) == list(captions[1])
+
+
 def _imagenet():
     from models.presets import IMAGENET_MEAN, IMAGENET_STD
 
@@ -247,6 +342,8 @@ def publish(staging: Path, out: Path, manifest: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST_NAME).unlink(missing_ok=True)
     for f in staging.iterdir():
+        if f.is_dir() and (out / f.name).exists():
+            shutil.rmtree(out / f.name)
         os.replace(f, out / f.name)
     write_manifest(out, manifest)
 
@@ -254,9 +351,9 @@ def publish(staging: Path, out: Path, manifest: dict) -> None:
 def summary(out: Path, entries: dict) -> None:
     rows = [("component", "file", "size", "precision", "max |ORT-PyTorch|")]
     for name, e in entries.items():
-        diff = e.get("max_abs_diff_vs_torch")
-        rows.append((name, e["onnx"]["file"], f"{e['onnx']['size'] / 1e6:.1f} MB", e["precision"],
-                     "skipped" if diff is None else f"{diff:.2e}"))
+        diff, tokens = e.get("max_abs_diff_vs_torch"), e.get("greedy_tokens_match_torch")
+        check = f"{diff:.2e}" if diff is not None else ("greedy tokens equal" if tokens else "skipped")
+        rows.append((name, e["onnx"]["file"], f"{e['onnx']['size'] / 1e6:.1f} MB", e["precision"], check))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for i, r in enumerate(rows):
         log("  ".join(c.ljust(w) for c, w in zip(r, widths)))

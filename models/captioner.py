@@ -15,6 +15,7 @@ order of their outputs, so `engines.torch_engine.TorchEngine` runs them as they 
 """
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -387,3 +388,21 @@ class CaptionerDecoder(nn.Module):
         """Grouped-query attention: each key/value head serves num_heads / num_kv_heads query heads."""
         groups = self.num_heads // self.num_kv_heads
         return kv if groups == 1 else torch.repeat_interleave(kv, groups, dim=0)
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_captioner(folder: str) -> Captioner:
+    return load_captioner(folder)
+
+
+def captioner_part(folder: str | Path, part: str, segmenter_layers: Sequence[int] = ()) -> nn.Module:
+    """One deployable graph's module ('vision', 'embed' or 'decoder') of the checkpoint in `folder`; the
+    three parts of one folder share one loaded model (what the PyTorch engine uses)."""
+    llava = _cached_captioner(str(Path(folder).resolve())).model
+    if part == "vision":
+        return CaptionerVision(llava, segmenter_layers).eval()
+    if part == "embed":
+        return CaptionerEmbed(llava).eval()
+    if part == "decoder":
+        return CaptionerDecoder(llava).eval()
+    raise ValueError(f"captioner part must be 'vision', 'embed' or 'decoder', got {part!r}")

@@ -100,6 +100,9 @@ class Preset:
     vision_tower: VisionTowerConfig
     text_encoder: TextEncoderConfig
     segmenter: SegmenterConfig
+    # The LLaVA-Phi captioner: "tiny" builds a tiny random one on this preset's tower, a path loads a
+    # checkpoint folder, None builds none (segment() then needs a caption or a vocabulary).
+    captioner: str | None = None
     notes: str = ""
 
     def to_json(self) -> dict[str, Any]:
@@ -116,7 +119,7 @@ class Preset:
             return kind(**values)
 
         return cls(
-            name=d["name"], notes=d.get("notes", ""),
+            name=d["name"], notes=d.get("notes", ""), captioner=d.get("captioner"),
             vision_tower=build(VisionTowerConfig, d["vision_tower"]),
             text_encoder=build(TextEncoderConfig, d["text_encoder"]),
             segmenter=build(SegmenterConfig, d["segmenter"]),
@@ -136,7 +139,8 @@ def demo() -> Preset:
     seg = _segmenter_for(tower, text, frame_size=256, dim=64, stem_channels=16, heads=4, points=4,
                          adapter_ffn=128, encoder_layers=2, encoder_ffn=128, mask_stride=4, queries=16,
                          decoder_layers=3, decoder_ffn=128)
-    return Preset("demo", tower, text, seg, notes="tiny; random weights unless a checkpoint is given")
+    return Preset("demo", tower, text, seg, captioner="tiny",
+                  notes="tiny; random weights unless a checkpoint is given")
 
 
 def edge() -> Preset:
@@ -158,7 +162,8 @@ def paper() -> Preset:
     seg = _segmenter_for(tower, text, frame_size=512, dim=256, stem_channels=64, heads=8, points=4,
                          adapter_ffn=1024, encoder_layers=6, encoder_ffn=1024, mask_stride=4, queries=100,
                          decoder_layers=9, decoder_ffn=2048)
-    return Preset("paper", tower, text, seg, notes="pass --vision-tower and --text-encoder folders for real weights")
+    return Preset("paper", tower, text, seg,
+                  notes="pass --captioner (LLaVA-Phi2), --text-encoder and --segmenter for real weights")
 
 
 PRESETS = {"demo": demo, "edge": edge, "paper": paper}

@@ -21,7 +21,7 @@ import numpy as np
 
 from engines.base import BACKENDS, Engine, EngineError, backend_importable, create_engine
 from engines.manifest import read_manifest
-from models.names import SEGMENTER, TEXT_ENCODER, VISION_TOWER
+from models.names import CAPTIONER_DECODER, CAPTIONER_EMBED, CAPTIONER_VISION, SEGMENTER, TEXT_ENCODER, VISION_TOWER
 from runtime.frames import check_frame, semantic_map, to_tensor
 
 log = logging.getLogger("llmformer_edge")
@@ -36,6 +36,7 @@ class ImageFeatures:
     frame_size: tuple[int, int]          # (H, W) of the caller's frame
     segmenter_input: np.ndarray          # (1, 3, S, S) float32
     vision_hidden_states: np.ndarray     # (n_layers, 1, T, C)
+    image_embeds: np.ndarray | None = None  # (1, N, E_llm) for the captioner, from the same tower pass
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -53,7 +54,7 @@ class PriorEmbeddings:
 
 @dataclass
 class Segmentation:
-    labels: np.ndarray                   # (H, W) int32 index into `classes`
+    labels: np.ndarray                   # (H, W) int32 index into `classes`; -1 = unlabeled (no classes)
     classes: list[str]
     scores: np.ndarray                   # (V,) float32, see runtime.frames.semantic_map
     caption: str | None
@@ -89,6 +90,17 @@ class Runtime:
         self.pre = manifest["preprocess"]
         self.text_dim = int(manifest["preset"]["segmenter"]["text_dim"])
         self.limits = {spec["name"]: spec for spec in manifest["components"][SEGMENTER.component]["inputs"]}
+        # With a captioner, its vision graph (tower + projector) is the one tower pass per frame.
+        self.vision_name = CAPTIONER_VISION.component if CAPTIONER_VISION.component in engines else VISION_TOWER.component
+        self.captioner = None
+        if manifest.get("captioner"):
+            from runtime.decode import CaptionDecoder
+
+            info = manifest["captioner"]
+            self.captioner = CaptionDecoder.from_files(
+                folder / info["tokenizer"]["file"], folder / info["prompt"]["file"],
+                engines[CAPTIONER_EMBED.component], engines[CAPTIONER_DECODER.component],
+                vision=engines[CAPTIONER_VISION.component], max_context=info["max_context"])
 
     # -- text side -----------------------------------------------------------------------------------
     def _encode_uncached(self, phrases: list[str]) -> np.ndarray:
@@ -173,8 +185,19 @@ class Runtime:
         seg_in = to_tensor(rgb, s["size"], s["mean"], s["std"])
         t_pre = _ms(t0)
         t1 = time.perf_counter()
-        hidden = self.engines[VISION_TOWER.component]({VISION_TOWER.inputs[0]: pixels})[VISION_TOWER.outputs[0]]
-        return ImageFeatures(rgb.shape[:2], seg_in, hidden, {"preprocess": t_pre, "vision": _ms(t1)})
+        out = self.engines[self.vision_name]({VISION_TOWER.inputs[0]: pixels})
+        return ImageFeatures(rgb.shape[:2], seg_in, out[VISION_TOWER.outputs[0]], out.get(CAPTIONER_VISION.outputs[0]),
+                             {"preprocess": t_pre, "vision": _ms(t1)})
+
+    def caption(self, frame: np.ndarray | ImageFeatures, question: str | None = None, **options: Any):
+        """Describe the frame with the captioner (greedy; `options`: max_new_tokens, repetition_penalty).
+        Pass the ImageFeatures of `encode_image` to reuse its tower pass. Returns runtime.decode.Caption."""
+        if self.captioner is None:
+            raise RuntimeInputError("this build has no captioner: rebuild with one (the demo preset has a tiny "
+                                    "one; others take --captioner DIR), or pass caption=...")
+        image = frame if isinstance(frame, ImageFeatures) else self.encode_image(frame)
+        return self.captioner.caption_embeds(image.image_embeds, question, vision_s=image.timings["vision"] / 1000,
+                                             **options)
 
     def decode(self, image: ImageFeatures, emb: PriorEmbeddings, caption: str | None = None,
                priors=None) -> Segmentation:
@@ -195,23 +218,37 @@ class Runtime:
         """Segment one H x W x 3 uint8 RGB frame.
 
         `vocabulary`: the class names to label with; None means the caption's objects. `caption`: a
-        description of the frame whose priors guide the segmenter (until the captioner is built into
-        the artifacts, pass one, or a vocabulary, or both)."""
+        description of the frame whose priors guide the segmenter; None asks the build's captioner
+        (synchronously, from the same tower pass), and a build without one then needs a vocabulary."""
         t0 = time.perf_counter()
         if vocabulary is not None:
             check_vocabulary(vocabulary)
         if caption is not None and not isinstance(caption, str):
             raise RuntimeInputError(f"caption must be a str, got {type(caption).__name__}")
-        if vocabulary is None and caption is None:
+        if vocabulary is None and caption is None and self.captioner is None:
             raise RuntimeInputError("pass vocabulary=[class names], caption='a description of the frame', or both "
                                     "(this build has no captioner)")
         image = self.encode_image(frame)
+        t_caption = None
+        if caption is None and self.captioner is not None:
+            t2 = time.perf_counter()
+            caption = self.caption(image).text
+            t_caption = _ms(t2)
         t1 = time.perf_counter()
         priors = self.parse_caption(caption) if caption is not None else None
         t_parse = _ms(t1)
+        if vocabulary is None and t_caption is not None and not priors.objects:
+            # The captioner named nothing: there is no class to label with. A camera loop must not stop
+            # on that, so every pixel is -1 (unlabeled) and the caller sees the caption that caused it.
+            log.warning("the caption %r names no objects and no vocabulary was given: frame left unlabeled", caption)
+            timings = {**image.timings, "caption": t_caption, "parse": t_parse, "total": _ms(t0)}
+            return Segmentation(np.full(image.frame_size, -1, np.int32), [], np.zeros(0, np.float32), caption,
+                                priors, timings)
         emb = self.embed(priors, vocabulary)
         seg = self.decode(image, emb, caption, priors)
         seg.timings["parse"] = t_parse
+        if t_caption is not None:
+            seg.timings["caption"] = t_caption
         seg.timings["total"] = _ms(t0)
         return seg
 

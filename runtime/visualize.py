@@ -17,11 +17,13 @@ def palette(n: int) -> np.ndarray:
 def visualize(frame: np.ndarray, segmentation, alpha: float = 0.5, legend: bool = True) -> np.ndarray:
     """H x W x 3 uint8 RGB frame + Segmentation -> H x W x 3 uint8 RGB overlay."""
     colors = palette(max(len(segmentation.classes), 1))
-    color_map = colors[segmentation.labels]
+    labeled = segmentation.labels >= 0
+    color_map = colors[np.where(labeled, segmentation.labels, 0)]
     out = cv2.addWeighted(frame, 1.0 - alpha, color_map, alpha, 0.0)
+    out[~labeled] = frame[~labeled]  # unlabeled pixels (-1) stay as they were
     if not legend:
         return out
-    present = np.unique(segmentation.labels)
+    present = np.unique(segmentation.labels[labeled])
     scale = max(frame.shape[0] / 512.0, 0.4)
     line = int(22 * scale)
     y = line

@@ -47,11 +47,15 @@ def tiny_copy(tiny_artifacts, tmp_path):
 def test_build_writes_manifest_with_hashes_specs_and_versions(demo_artifacts):
     m = json.loads((demo_artifacts / MANIFEST_NAME).read_text())
     assert m["preset"]["name"] == "demo" and m["precision"] == "fp32"
-    assert set(m["components"]) == {"vision_tower", "text_encoder", "segmenter"}
+    # The demo has a (tiny) captioner, whose vision graph is the one tower pass the segmenter shares.
+    assert set(m["components"]) == {"captioner_vision", "captioner_embed", "captioner_decoder", "text_encoder",
+                                    "segmenter"}
     for comp in m["components"].values():
         assert len(comp["onnx"]["sha256"]) == 64 and comp["onnx"]["size"] > 0
-        assert comp["max_abs_diff_vs_torch"] < 1e-4
+        assert comp.get("max_abs_diff_vs_torch", 0.0) < 1e-4
         assert all({"name", "dtype", "shape"} <= spec.keys() for spec in comp["inputs"] + comp["outputs"])
+    assert m["components"]["captioner_decoder"]["greedy_tokens_match_torch"] is True
+    assert m["captioner"]["max_context"] > m["captioner"]["image_tokens"]
     priors = [s for s in m["components"]["segmenter"]["inputs"] if s["name"] == "object_embeddings"][0]
     assert priors["shape"][1] == "priors" and priors["min_shape"][1] == 1
     assert {"torch", "onnx", "onnxruntime", "transformers"} <= m["versions"].keys()
@@ -115,7 +119,6 @@ def test_float_frames_in_unit_range_are_accepted(tiny_artifacts):
     ({"vocabulary": []}, "vocabulary is empty"),
     ({"vocabulary": "dog"}, "list of class names"),
     ({"vocabulary": ["dog", ""]}, "non-empty strings"),
-    ({}, "pass vocabulary"),
     ({"caption": "   "}, "names no objects"),
 ])
 def test_bad_vocabulary_and_caption_are_clear_errors(tiny_artifacts, kwargs, match):
@@ -225,8 +228,10 @@ def test_build_from_local_folders_and_a_checkpoint(tmp_path):
     text.model.save_pretrained(tmp_path / "text")
     shutil.copy(tokenizer_file(p.text_encoder), tmp_path / "text" / "tokenizer.json")
 
+    with pytest.raises(SystemExit, match="both bring a vision tower"):
+        build(parse_args(["--out", str(tmp_path / "x"), "--vision-tower", str(tmp_path / "tower")]), preset=p)
     out = build(parse_args(["--out", str(tmp_path / "a"), "--vision-tower", str(tmp_path / "tower"),
-                            "--text-encoder", str(tmp_path / "text")]), preset=p)
+                            "--text-encoder", str(tmp_path / "text"), "--no-captioner"]), preset=p)
     m = json.loads((out / MANIFEST_NAME).read_text())
     assert m["preset"]["segmenter"]["vit_dim"] == 48
     assert m["components"]["vision_tower"]["random_weights"] is False
@@ -237,7 +242,7 @@ def test_build_from_local_folders_and_a_checkpoint(tmp_path):
     ckpt = save_segmenter(LLMFormerSegmenter(p.segmenter), tmp_path / "seg.safetensors")  # made for width 32
     with pytest.raises(SystemExit, match="vit_dim 32 \\(towers give 48\\)"):
         build(parse_args(["--out", str(tmp_path / "b"), "--vision-tower", str(tmp_path / "tower"),
-                          "--segmenter", str(ckpt)]), preset=p)
+                          "--segmenter", str(ckpt), "--no-captioner"]), preset=p)
     out = build(parse_args(["--out", str(tmp_path / "c"), "--segmenter", str(ckpt)]), preset=p)
     assert json.loads((out / MANIFEST_NAME).read_text())["components"]["segmenter"]["random_weights"] is False
 
@@ -258,3 +263,66 @@ def test_puppy_helps_the_class_dog_with_the_real_text_encoder(demo_artifacts):
     assert emb.prior_classes == [0, 2]
     dog = rt.encode_text(["dog"])[0]
     np.testing.assert_allclose(emb.objects[0], dog, atol=1e-6)  # keyed by the class it maps to
+
+
+def test_segment_without_caption_asks_the_captioner_on_both_backends(demo_artifacts):
+    """One tower pass feeds the captioner and the segmenter; ORT and PyTorch give the same caption."""
+    a = runtime.load(demo_artifacts, backend="onnxruntime")
+    b = runtime.load(demo_artifacts, backend="torch")
+    frame = demo_frame(5)
+    seg = a.segment(frame, vocabulary=VOCAB)
+    assert seg.caption == a.caption(frame).text == b.segment(frame, vocabulary=VOCAB).caption
+    assert "caption" in seg.timings and seg.timings["caption"] > 0
+    assert a.caption(frame, "What is on the table?", max_new_tokens=5).token_ids.__len__() <= 5
+
+
+def test_a_caption_with_no_objects_leaves_the_frame_unlabeled_instead_of_failing(tiny_artifacts, monkeypatch):
+    from runtime.decode import Caption
+
+    rt = runtime.load(tiny_artifacts)
+    monkeypatch.setattr(rt, "caption", lambda image, *a, **k: Caption("!!! ???", [], "", "stop_token", None))
+    seg = rt.segment(demo_frame(0, (40, 50)))
+    assert seg.classes == [] and seg.labels.shape == (40, 50) and (seg.labels == -1).all()
+    from runtime.visualize import visualize
+
+    frame = demo_frame(0, (40, 50))
+    assert np.array_equal(visualize(frame, seg, legend=False), frame)  # nothing painted
+
+
+def test_captioner_rejects_bad_questions(tiny_artifacts):
+    from runtime.decode import CaptionError
+
+    rt = runtime.load(tiny_artifacts)
+    with pytest.raises(CaptionError, match="empty"):
+        rt.caption(demo_frame(0, (64, 64)), "   ")
+    with pytest.raises(CaptionError, match="context|long"):
+        rt.caption(demo_frame(0, (64, 64)), "why " * 2000)
+
+
+def test_build_without_captioner_uses_a_plain_vision_tower(tmp_path):
+    out = build(parse_args(["--out", str(tmp_path / "nc"), "--no-captioner"]), preset=tiny_preset())
+    m = json.loads((out / MANIFEST_NAME).read_text())
+    assert "vision_tower" in m["components"] and "captioner_vision" not in m["components"]
+    assert m["captioner"] is None
+    rt = runtime.load(out)
+    with pytest.raises(RuntimeInputError, match="no captioner"):
+        rt.caption(demo_frame(0, (64, 64)))
+    with pytest.raises(RuntimeInputError, match="pass vocabulary"):
+        rt.segment(demo_frame(0, (64, 64)))
+
+
+def test_build_with_a_captioner_checkpoint_folder(tmp_path):
+    """A LLaVA-Phi folder (here a tiny one saved by the same code) brings the tower the segmenter reads."""
+    from models.captioner import build_tiny_captioner
+
+    p = tiny_preset()
+    build_tiny_captioner(tmp_path / "llava", p.vision_tower, seed=1)
+    out = build(parse_args(["--out", str(tmp_path / "a"), "--captioner", str(tmp_path / "llava")]), preset=p)
+    m = json.loads((out / MANIFEST_NAME).read_text())
+    assert m["components"]["captioner_decoder"]["random_weights"] is False
+    assert m["components"]["captioner_decoder"]["greedy_tokens_match_torch"] is True
+    seg = runtime.load(out).segment(demo_frame(0, (64, 64)), vocabulary=VOCAB)
+    assert isinstance(seg.caption, str)
+    (tmp_path / "llava" / "tokenizer.json").unlink()
+    with pytest.raises(Exception, match="tokenizer"):
+        build(parse_args(["--out", str(tmp_path / "b"), "--captioner", str(tmp_path / "llava")]), preset=p)
