@@ -27,11 +27,15 @@ class OnnxRuntimeEngine(Engine):
 
     def __init__(self, name: str, path: Path, inputs: Sequence[TensorSpec] | None = None,
                  outputs: Sequence[TensorSpec] | None = None, providers: Sequence[str] | None = None,
-                 threads: int | None = None):
+                 threads: int | None = None, spin: bool = False):
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = int(threads)
         options.log_severity_level = 3
+        # Idle workers sleep instead of spinning: a frame runs several sessions with numpy/OpenCV work
+        # between them, and spinning pools steal those cores (measured: 2x slower pre/postprocessing
+        # and segmenter on 2 cores; benchmarks/README.md).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         providers = list(providers) if providers else default_providers()
         unknown = [p for p in providers if p not in ort.get_available_providers()]
         if unknown:
@@ -55,11 +59,11 @@ class OnnxRuntimeEngine(Engine):
 
     @classmethod
     def from_component(cls, name: str, folder: Path, component: Mapping[str, Any], providers=None,
-                       threads: int | None = None, **_: Any) -> "OnnxRuntimeEngine":
+                       threads: int | None = None, spin: bool = False, **_: Any) -> "OnnxRuntimeEngine":
         return cls(name, Path(folder) / component["onnx"]["file"],
                    [TensorSpec.from_json(s) for s in component["inputs"]],
                    [TensorSpec.from_json(s) for s in component["outputs"]],
-                   providers=providers, threads=threads)
+                   providers=providers, threads=threads, spin=spin)
 
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         values = self.session.run(self.output_names, feeds)
