@@ -129,9 +129,5 @@ def create_engine(backend: str, name: str, folder: Path, component: Mapping[str,
     if backend == "torch":
         from engines.torch_engine import TorchEngine
         return TorchEngine.from_component(name, folder, component, **options)
-    if importlib.util.find_spec("engines.tensorrt_engine") is None:
-        raise EngineError("the TensorRT engine is not part of this version yet (it comes with FP16/INT8 "
-                          "engines); on a GPU use backend='onnxruntime', which runs TensorRT or CUDA execution "
-                          "providers where onnxruntime-gpu is installed")
     from engines.tensorrt_engine import TensorRTEngine
     return TensorRTEngine.from_component(name, folder, component, **options)

@@ -27,7 +27,7 @@ if __package__ in (None, ""):  # run as a script: make the repository's packages
 from engines.base import BACKENDS, backend_importable  # noqa: E402
 from engines.manifest import MANIFEST_NAME, file_entry, write_manifest  # noqa: E402
 
-PRECISIONS = ("fp32",)
+PRECISIONS = ("fp32", "fp16", "int8")   # export/precision.py makes fp16 and int8 from the fp32 export
 TOKENIZER_FILE = "tokenizer.json"
 CAPTIONER_DIR = "captioner"  # the captioner checkpoint (transformers format), for the PyTorch backend
 
@@ -66,7 +66,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--backend", default=None, choices=BACKENDS,
                     help="backend recorded as the folder's default (default: tensorrt where it and a GPU are "
                          "present, else onnxruntime)")
-    ap.add_argument("--precision", default="fp32", choices=PRECISIONS)
+    ap.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                    help="fp16: FP16 graphs with measured FP32 islands; int8: explicit Q/DQ (needs --calib)")
+    ap.add_argument("--calib", type=Path, default=None,
+                    help="folder of calibration images (optional DIR/captions.txt); required for int8")
+    ap.add_argument("--calib-method", default="entropy", choices=("entropy", "percentile", "minmax"))
+    ap.add_argument("--calib-cache", type=Path, default=None,
+                    help="calibration cache folder (default: <out>.calibration_cache beside the output)")
+    ap.add_argument("--plugins", type=Path, default=None,
+                    help="MSDA TensorRT plugin library for --backend tensorrt (default: $LLMFORMER_PLUGINS)")
+    ap.add_argument("--workspace-gb", type=float, default=2.0, help="TensorRT workspace limit (GiB)")
     ap.add_argument("--segmenter", type=Path, default=None, help="segmenter checkpoint (.safetensors)")
     ap.add_argument("--vision-tower", type=Path, default=None, help="local folder of a CLIP/SigLIP vision model")
     ap.add_argument("--text-encoder", type=Path, default=None, help="local folder of the text encoder")
@@ -101,6 +110,13 @@ def build(args: argparse.Namespace, preset=None) -> Path:
     if backend == "tensorrt" and not backend_importable("tensorrt"):
         raise SystemExit("--backend tensorrt: TensorRT is not installed here. TensorRT engines are built on the "
                          "target device; use --backend onnxruntime here")
+    if args.precision != "fp32":
+        from export.precision import check_args
+
+        try:
+            check_args(args.precision, args.calib)  # before any export: a bad --calib fails in a second
+        except ValueError as exc:
+            raise SystemExit(f"error: {exc}") from exc
     preset = preset or get_preset(args.preset)
     out = Path(args.out or Path("artifacts") / preset.name)
     if args.vision_tower:
@@ -226,6 +242,16 @@ def build(args: argparse.Namespace, preset=None) -> Path:
             "components": entries,
             "versions": versions(),
         }
+        if args.precision != "fp32":
+            from export.precision import convert_artifacts
+
+            convert_artifacts(staging, manifest, args.precision, calib=args.calib, method=args.calib_method,
+                              cache_dir=args.calib_cache or out.parent / f"{out.name}.calibration_cache", log=log)
+        if backend == "tensorrt":
+            from engines.tensorrt_builder import build_artifacts
+
+            build_artifacts(staging, manifest, plugins=args.plugins, workspace=int(args.workspace_gb * (1 << 30)),
+                            timing_cache=out.parent / "timing.cache", log=log)
         publish(staging, out, manifest)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

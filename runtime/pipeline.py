@@ -305,9 +305,20 @@ def load(path: str | Path, backend: str | None = None, threads: int | None = Non
         raise EngineError(f"unknown backend '{backend}': choose one of {', '.join(BACKENDS)}")
     manifest = read_manifest(folder, verify=True)
     if backend is None:
-        backend = manifest.get("backend", "onnxruntime")
-        if not backend_importable(backend):
-            log.warning("artifacts were built for %s, which is not installed here; using onnxruntime", backend)
+        # TensorRT where it is installed, a GPU is visible and the folder has engines; else the recorded
+        # backend where installed; else ONNX Runtime, whose default providers prefer TensorRT / CUDA EPs.
+        from engines.tensorrt_engine import tensorrt_usable
+
+        usable, why = tensorrt_usable(manifest)
+        recorded = manifest.get("backend", "onnxruntime")
+        if usable:
+            backend = "tensorrt"
+        elif recorded != "tensorrt" and backend_importable(recorded):
+            backend = recorded
+        else:
+            if recorded != "onnxruntime":
+                log.warning("artifacts were built for %s, which cannot run here (%s); using onnxruntime", recorded,
+                            why if recorded == "tensorrt" else "not installed")
             backend = "onnxruntime"
     engines = {name: create_engine(backend, name, folder, comp, threads=threads, **engine_options)
                for name, comp in manifest["components"].items()}

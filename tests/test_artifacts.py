@@ -326,3 +326,15 @@ def test_build_with_a_captioner_checkpoint_folder(tmp_path):
     (tmp_path / "llava" / "tokenizer.json").unlink()
     with pytest.raises(Exception, match="tokenizer"):
         build(parse_args(["--out", str(tmp_path / "b"), "--captioner", str(tmp_path / "llava")]), preset=p)
+
+
+def test_precision_flags_through_the_build_command(tmp_path):
+    with pytest.raises(SystemExit, match="--calib"):
+        build(parse_args(["--out", str(tmp_path / "i8"), "--precision", "int8"]), preset=tiny_preset())
+    assert not (tmp_path / "i8").exists()  # refused before any work
+    out = build(parse_args(["--out", str(tmp_path / "f16"), "--precision", "fp16"]), preset=tiny_preset())
+    m = json.loads((out / MANIFEST_NAME).read_text())
+    assert m["components"]["segmenter"]["precision"] == "fp16"
+    assert m["components"]["segmenter"]["onnx"]["file"].endswith(".fp16.onnx")
+    seg = runtime.load(out).segment(demo_frame(0, (64, 64)), vocabulary=VOCAB, caption=CAPTION)
+    assert seg.labels.shape == (64, 64)

@@ -1,0 +1,263 @@
+"""ONNX -> serialized TensorRT engine, with the TensorRT 10 Python API (JetPack 6's 10.3 through 11.x).
+
+    python -m engines.tensorrt_builder ARTIFACTS [--plugins LIB] [--workspace-gb 2] [--timing-cache FILE]
+
+builds an engine for every component of an artifact folder, on the device that will run it, and records it in
+the manifest under `components.<name>.tensorrt` = {file, sha256, size, trt_version, compute_capability,
+plugin_sha256, workspace_bytes, profiles}. Thin on purpose (parse, configure, build, serialize):
+
+- **strongly typed** networks (NetworkDefinitionCreationFlag.STRONGLY_TYPED; TensorRT 11 is always strongly typed):
+  the precision is the ONNX graph's (export/precision.py), never a builder flag;
+- **optimization profiles** from the manifest's shape ranges (`min_shape`/`max_shape` of each input), or the
+  component's own `profiles` list when it has one (the captioner decoder's prefill and decode profiles);
+- the **MSDA plugin** library (plugins_trt/msda) loaded when the graph has plugin nodes: `--plugins` or the
+  `LLMFORMER_PLUGINS` environment variable; a missing file is a clear error;
+- a **timing cache** file shared by builds (created when absent), and a configurable **workspace** limit (2 GiB by
+  default, so an 8 GB Orin Nano, whose GPU shares memory with the CPU, still fits).
+
+The graph built is `components.<name>.onnx_tensorrt` when the folder has one (a graph made for TensorRT, e.g. with
+MSDA plugin nodes), else `components.<name>.onnx`. Every call is as documented in NVIDIA's TensorRT Python API
+(Builder, BuilderConfig, OnnxParser, IOptimizationProfile, ITimingCache, IPluginRegistry).
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import hashlib
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+if __package__ in (None, ""):  # run as a script: make the repository's packages importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from engines.base import EngineError, TensorSpec  # noqa: E402
+
+PLUGINS_ENV = "LLMFORMER_PLUGINS"
+PLUGIN_LIBRARY = "libllmformer_plugins.so"
+DEFAULT_WORKSPACE = 2 << 30
+ENGINE_SUFFIX = ".engine"
+# Opt sizes of the dynamic axes (the shapes TensorRT tunes for); clipped to each input's [min, max].
+OPT_AXES = {"priors": 8, "vocab": 32, "phrases": 16, "vocab_plus_no_object": 33}
+REBUILD = "rebuild the engines on this device with `python -m engines.tensorrt_builder {folder}`"
+
+
+class TensorRTBuildError(EngineError):
+    """An engine could not be built; the message says what to fix."""
+
+
+# ------------------------------------------------------------------------------------------------- plugins
+def plugin_library(path: str | os.PathLike | None = None) -> Path:
+    """The MSDA plugin library: `path`, else $LLMFORMER_PLUGINS. A missing file is an error that says how to
+    build it."""
+    chosen = path or os.environ.get(PLUGINS_ENV)
+    how = (f"build it with `cmake -S plugins_trt -B build/plugins_trt -DLLMFORMER_BUILD_TRT_PLUGIN=ON && cmake "
+           f"--build build/plugins_trt` and pass build/plugins_trt/msda/{PLUGIN_LIBRARY} as --plugins or in "
+           f"${PLUGINS_ENV}")
+    if not chosen:
+        raise EngineError(f"this graph needs the MSDA TensorRT plugin ({PLUGIN_LIBRARY}) and none was given: {how}")
+    chosen = Path(chosen)
+    if not chosen.is_file():
+        raise EngineError(f"MSDA plugin library {chosen} does not exist: {how}")
+    return chosen
+
+
+def plugin_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+_loaded: dict[str, str] = {}
+
+
+def load_plugins(trt, logger, path: Path) -> str:
+    """Register TensorRT's own plugins and this project's library (once per process); return its sha256.
+
+    `libllmformer_plugins.so` registers its creator when loaded (plugins_trt/msda/README.md); the `_dynamic`
+    variant is handed to IPluginRegistry.load_library, which registers what its getCreators() returns."""
+    key = str(Path(path).resolve())
+    if key in _loaded:
+        return _loaded[key]
+    trt.init_libnvinfer_plugins(logger, "")
+    if "_dynamic" in Path(path).name:
+        if trt.get_plugin_registry().load_library(str(path)) is None:
+            raise EngineError(f"TensorRT could not load the plugin library {path} (see the TensorRT log above)")
+    else:
+        try:
+            lib = ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)
+        except OSError as exc:
+            raise EngineError(f"cannot load the plugin library {path}: {exc}") from exc
+        init = getattr(lib, "initLlmformerPlugins", None)
+        if init is not None:
+            init.restype = ctypes.c_bool
+            if not init():
+                raise EngineError(f"{path} did not register the MSDA plugin with TensorRT (initLlmformerPlugins failed)")
+    _loaded[key] = plugin_sha256(Path(path))
+    return _loaded[key]
+
+
+def graph_needs_plugin(onnx_path: Path) -> bool:
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    return any(n.domain == "trt.plugins" for n in model.graph.node)
+
+
+# ------------------------------------------------------------------------------------------------- profiles
+def profiles_for(component: Mapping[str, Any]) -> list[dict[str, tuple[tuple[int, ...], ...]]]:
+    """Optimization profiles as [{input: (min, opt, max)}]: the component's own `profiles` if it lists any, else
+    one profile over the manifest's shape ranges. Static inputs need no profile entry."""
+    if component.get("profiles"):
+        return [{name: tuple(tuple(int(d) for d in s) for s in shapes) for name, shapes in p.items()}
+                for p in component["profiles"]]
+    profile = {}
+    for spec in (TensorSpec.from_json(s) for s in component["inputs"]):
+        if spec.min_shape is None:
+            continue
+        if spec.max_shape is None:
+            raise TensorRTBuildError(f"input '{spec.name}' has a dynamic axis without a maximum in the manifest; "
+                                     f"TensorRT needs a range for every dynamic axis")
+        opt = tuple(max(lo, min(hi, OPT_AXES.get(axis, hi))) if isinstance(axis, str) else lo
+                    for axis, lo, hi in zip(spec.shape, spec.min_shape, spec.max_shape))
+        profile[spec.name] = (tuple(spec.min_shape), opt, tuple(spec.max_shape))
+    return [profile] if profile else []
+
+
+# ------------------------------------------------------------------------------------------------- device
+def cudart():
+    """cuda-python's runtime bindings (`cuda.bindings.runtime` from 12.6 on, `cuda.cudart` before)."""
+    try:
+        from cuda.bindings import runtime
+    except ImportError:
+        try:
+            from cuda import cudart as runtime
+        except ImportError as exc:
+            raise EngineError("the TensorRT backend needs cuda-python: pip install cuda-python "
+                              "(JetPack 6: the version matching its CUDA 12.x)") from exc
+    return runtime
+
+
+def cuda_check(result):
+    """Unpack a cuda-python call's (error, values...) tuple, raising on an error."""
+    rt = cudart()
+    err, *values = result if isinstance(result, tuple) else (result,)
+    if err != rt.cudaError_t.cudaSuccess:
+        name = rt.cudaGetErrorName(err)[1]
+        raise EngineError(f"CUDA error {name.decode() if isinstance(name, bytes) else name}")
+    return values[0] if len(values) == 1 else (tuple(values) if values else None)
+
+
+def compute_capability(device: int = 0) -> str:
+    """The GPU's compute capability as "major.minor" (8.7 = Orin)."""
+    props = cuda_check(cudart().cudaGetDeviceProperties(device))
+    return f"{props.major}.{props.minor}"
+
+
+def gpu_count() -> int:
+    try:
+        return int(cuda_check(cudart().cudaGetDeviceCount()))
+    except Exception:
+        return 0
+
+
+# ------------------------------------------------------------------------------------------------- build
+def build_engine(onnx_path: str | Path, engine_path: str | Path, component: Mapping[str, Any], *,
+                 plugins: str | Path | None = None, workspace: int = DEFAULT_WORKSPACE,
+                 timing_cache: str | Path | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Build and write one engine (atomically); return its manifest entry."""
+    import tensorrt as trt
+
+    from engines.manifest import file_entry
+    from export.onnx_utils import atomic_write_bytes
+
+    onnx_path, engine_path = Path(onnx_path), Path(engine_path)
+    logger = trt.Logger(trt.Logger.WARNING)
+    plugin_hash = None
+    if graph_needs_plugin(onnx_path):
+        plugin_hash = load_plugins(trt, logger, plugin_library(plugins))
+
+    builder = trt.Builder(logger)
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise TensorRTBuildError(f"TensorRT's ONNX parser rejected {onnx_path.name}: {errors}")
+
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace))
+    profiles = profiles_for(component)
+    for shapes in profiles:
+        profile = builder.create_optimization_profile()
+        for name, (lo, opt, hi) in shapes.items():
+            profile.set_shape(name, lo, opt, hi)
+        config.add_optimization_profile(profile)
+    cache_file = Path(timing_cache) if timing_cache else None
+    cache = config.create_timing_cache(cache_file.read_bytes() if cache_file and cache_file.is_file() else b"")
+    config.set_timing_cache(cache, ignore_mismatch=False)
+
+    t = time.perf_counter()
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise TensorRTBuildError(f"TensorRT could not build {onnx_path.name} (see the TensorRT errors above); a "
+                                 f"larger --workspace-gb may help")
+    atomic_write_bytes(engine_path, memoryview(serialized).tobytes())
+    if cache_file is not None:
+        atomic_write_bytes(cache_file, memoryview(config.get_timing_cache().serialize()).tobytes())
+    log(f"  built {engine_path.name} from {onnx_path.name} in {time.perf_counter() - t:.1f} s")
+    return {**file_entry(engine_path.parent, engine_path.name), "trt_version": trt.__version__,
+            "compute_capability": compute_capability(), "plugin_sha256": plugin_hash,
+            "workspace_bytes": int(workspace),
+            "profiles": [{n: [list(s) for s in v] for n, v in p.items()} for p in profiles]}
+
+
+def build_artifacts(folder: str | Path, manifest: dict[str, Any], *, plugins: str | Path | None = None,
+                    workspace: int = DEFAULT_WORKSPACE, timing_cache: str | Path | None = None,
+                    components: Sequence[str] | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Build an engine for each component of the folder's `manifest` (in place: `components.<name>.tensorrt`)."""
+    folder = Path(folder)
+    for name, entry in manifest["components"].items():
+        if components is not None and name not in components:
+            continue
+        source = (entry.get("onnx_tensorrt") or entry["onnx"])["file"]
+        engine_name = f"{Path(source).stem}{ENGINE_SUFFIX}"
+        entry["tensorrt"] = build_engine(folder / source, folder / engine_name, entry, plugins=plugins,
+                                         workspace=workspace, timing_cache=timing_cache, log=log)
+    return manifest
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m engines.tensorrt_builder", description=__doc__.split("\n\n")[0])
+    ap.add_argument("artifacts", type=Path, help="artifact folder made by export/build_engines.py")
+    ap.add_argument("--plugins", type=Path, default=None, help=f"MSDA plugin library (default: ${PLUGINS_ENV})")
+    ap.add_argument("--workspace-gb", type=float, default=DEFAULT_WORKSPACE / (1 << 30),
+                    help="TensorRT workspace limit in GiB (default 2: fits an 8 GB Orin Nano)")
+    ap.add_argument("--timing-cache", type=Path, default=None, help="timing cache file, created when absent")
+    ap.add_argument("--components", nargs="*", default=None, help="only these components")
+    args = ap.parse_args(argv)
+
+    from engines.base import backend_importable
+    from engines.manifest import read_manifest, write_manifest
+
+    if not backend_importable("tensorrt"):
+        print("error: TensorRT is not installed here; engines are built on the device that runs them "
+              "(JetPack 6 ships TensorRT 10.3)", file=sys.stderr)
+        return 2
+    manifest = read_manifest(args.artifacts, verify=True)
+    manifest.pop("format", None)
+    manifest.pop("format_version", None)
+    build_artifacts(args.artifacts, manifest, plugins=args.plugins, workspace=int(args.workspace_gb * (1 << 30)),
+                    timing_cache=args.timing_cache or args.artifacts / "timing.cache", components=args.components)
+    manifest["backend"] = "tensorrt"
+    write_manifest(args.artifacts, manifest)
+    print(f"engines recorded in {args.artifacts / 'manifest.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,190 @@
+"""TensorRT engine: deserialize, bind by tensor name, run on one CUDA stream with device buffers allocated once.
+
+CUDA calls go through **cuda-python** (`cuda.bindings.runtime`), not pycuda: it is NVIDIA's maintained binding,
+what TensorRT's own samples moved to (10.13+), ships as wheels for x86-64 and aarch64 (JetPack) with nothing to
+compile, and owns no CUDA context of its own (pycuda's `autoinit` context fights the runtime API's primary context
+that TensorRT and ONNX Runtime use). Every TensorRT call is the documented TensorRT 10 Python API
+(Runtime.deserialize_cuda_engine, ICudaEngine.get_tensor_*, IExecutionContext.set_input_shape /
+set_tensor_address / execute_async_v3).
+
+- Buffers: one device buffer per input and output, sized for the largest shape the engine takes (the manifest's
+  `max_shape`), allocated and bound once; a call copies the inputs in, runs, and copies the outputs out.
+- CUDA graphs: for an engine whose inputs are all static (the segmenter at a fixed vocabulary size is not; the
+  vision tower is), the enqueue is captured once after a first eager run and replayed (`cuda_graph=None` means
+  "where the shapes are static"; False turns it off). Any capture failure falls back to eager execution.
+- Compatibility: an engine is tied to a TensorRT version and a GPU architecture; the manifest records both (and the
+  plugin library's sha256), and a mismatch is an error that says how to rebuild, before TensorRT is asked to
+  deserialize anything.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from engines.base import Engine, EngineError, TensorSpec
+from engines.tensorrt_builder import (REBUILD, compute_capability, cuda_check, cudart, load_plugins, plugin_library,
+                                      plugin_sha256)
+
+log = logging.getLogger("llmformer_edge")
+
+
+def _version_mismatch(built: str, here: str) -> bool:
+    # Engines are only guaranteed to load in the TensorRT release that built them (major.minor.patch).
+    return built.split(".")[:3] != here.split(".")[:3]
+
+
+class TensorRTEngine(Engine):
+    backend = "tensorrt"
+
+    def __init__(self, name: str, engine_path: Path, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec],
+                 built: Mapping[str, Any] | None = None, plugins: str | Path | None = None,
+                 cuda_graph: bool | None = None, device: int = 0, rebuild_hint: str = ""):
+        import tensorrt as trt
+
+        super().__init__(name, list(inputs), list(outputs))
+        self._buffers: dict[str, int] = {}
+        self._stream = None
+        self._graph_exec = None
+        built = dict(built or {})
+        hint = rebuild_hint or REBUILD.format(folder=Path(engine_path).parent)
+        here_cc = compute_capability(device)
+        made = f"{Path(engine_path).name} was built with TensorRT {built.get('trt_version', '?')} on " \
+               f"sm_{str(built.get('compute_capability', '?')).replace('.', '')}"
+        now = f"this is TensorRT {trt.__version__} on sm_{here_cc.replace('.', '')}"
+        if built.get("trt_version") and _version_mismatch(built["trt_version"], trt.__version__):
+            raise EngineError(f"{made}; {now}: {hint}")
+        if built.get("compute_capability") and built["compute_capability"] != here_cc:
+            raise EngineError(f"{made}; {now}: {hint}")
+        logger = trt.Logger(trt.Logger.WARNING)
+        if built.get("plugin_sha256"):
+            library = plugin_library(plugins)
+            if plugin_sha256(library) != built["plugin_sha256"]:
+                raise EngineError(f"{Path(engine_path).name} was built with another MSDA plugin library than {library} "
+                                  f"(sha256 differs): {hint}")
+            load_plugins(trt, logger, library)
+        self._trt = trt
+        self._runtime = trt.Runtime(logger)
+        self._engine = self._runtime.deserialize_cuda_engine(Path(engine_path).read_bytes())
+        if self._engine is None:
+            raise EngineError(f"TensorRT could not deserialize {Path(engine_path).name} ({made}; {now}): {hint}")
+        self._context = self._engine.create_execution_context()
+        rt = cudart()
+        self._rt = rt
+        self._stream = cuda_check(rt.cudaStreamCreate())
+        self._dtypes: dict[str, np.dtype] = {}
+        for spec in self.inputs + self.outputs:
+            dtype = np.dtype(trt.nptype(self._engine.get_tensor_dtype(spec.name)))
+            shape = spec.max_shape or tuple(self._engine.get_tensor_shape(spec.name))
+            if any(int(d) < 0 for d in shape):
+                raise EngineError(f"{name}: '{spec.name}' has no maximum shape in the manifest: {hint}")
+            nbytes = max(int(np.prod(shape)) * dtype.itemsize, 1)
+            self._buffers[spec.name] = int(cuda_check(rt.cudaMalloc(nbytes)))
+            self._dtypes[spec.name] = dtype
+            if not self._context.set_tensor_address(spec.name, self._buffers[spec.name]):
+                raise EngineError(f"{name}: TensorRT did not accept the buffer for '{spec.name}'")
+        self._static = all(s.min_shape is None for s in self.inputs)
+        self._use_graph = self._static if cuda_graph is None else bool(cuda_graph) and self._static
+        self._runs = 0
+
+    @classmethod
+    def from_component(cls, name: str, folder: Path, component: Mapping[str, Any], plugins=None,
+                       cuda_graph: bool | None = None, **_: Any) -> "TensorRTEngine":
+        entry = component.get("tensorrt")
+        if not entry:
+            raise EngineError(f"{name}: the artifact folder {folder} has no TensorRT engine for it: "
+                              f"{REBUILD.format(folder=folder)}")
+        return cls(name, Path(folder) / entry["file"], [TensorSpec.from_json(s) for s in component["inputs"]],
+                   [TensorSpec.from_json(s) for s in component["outputs"]], built=entry, plugins=plugins,
+                   cuda_graph=cuda_graph, rebuild_hint=REBUILD.format(folder=folder))
+
+    @property
+    def device_buffers(self) -> dict[str, int]:
+        """Device pointers bound to each tensor, for callers that keep their data on the GPU."""
+        return dict(self._buffers)
+
+    def _enqueue(self) -> None:
+        rt = self._rt
+        if self._graph_exec is not None:
+            cuda_check(rt.cudaGraphLaunch(self._graph_exec, self._stream))
+            return
+        if not self._context.execute_async_v3(self._stream):
+            raise EngineError(f"{self.name}: TensorRT failed to run the engine (see the TensorRT log)")
+        if self._use_graph and self._runs >= 1:
+            self._capture()
+
+    def _capture(self) -> None:
+        """Record the enqueue as a CUDA graph (after an eager run, as TensorRT requires); fall back on failure."""
+        rt = self._rt
+        self._use_graph = False
+        try:
+            cuda_check(rt.cudaStreamSynchronize(self._stream))
+            cuda_check(rt.cudaStreamBeginCapture(self._stream, rt.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal))
+            ok = self._context.execute_async_v3(self._stream)
+            graph = cuda_check(rt.cudaStreamEndCapture(self._stream))
+            if ok:
+                self._graph_exec = cuda_check(rt.cudaGraphInstantiate(graph, 0))
+            cuda_check(rt.cudaGraphDestroy(graph))
+        except EngineError as exc:
+            log.warning("%s: CUDA graph capture failed (%s); running without it", self.name, exc)
+            self._graph_exec = None
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rt = self._rt
+        h2d, d2h = rt.cudaMemcpyKind.cudaMemcpyHostToDevice, rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        keep = []  # host arrays must outlive the async copies
+        for spec in self.inputs:
+            array = np.ascontiguousarray(feeds[spec.name], dtype=self._dtypes[spec.name])
+            keep.append(array)
+            if spec.min_shape is not None and not self._context.set_input_shape(spec.name, array.shape):
+                raise EngineError(f"{self.name}: shape {list(array.shape)} of '{spec.name}' is outside the engine's "
+                                  f"profile")
+            cuda_check(rt.cudaMemcpyAsync(self._buffers[spec.name], array.ctypes.data, array.nbytes, h2d,
+                                          self._stream))
+        self._enqueue()
+        self._runs += 1
+        out = {}
+        for spec in self.outputs:
+            shape = tuple(int(d) for d in self._context.get_tensor_shape(spec.name))
+            array = np.empty(shape, dtype=self._dtypes[spec.name])
+            cuda_check(rt.cudaMemcpyAsync(array.ctypes.data, self._buffers[spec.name], array.nbytes, d2h,
+                                          self._stream))
+            out[spec.name] = array
+        cuda_check(rt.cudaStreamSynchronize(self._stream))
+        return {n: (a if a.dtype == np.dtype(s.dtype) else a.astype(s.dtype))
+                for (n, a), s in zip(out.items(), self.outputs)}
+
+    def close(self) -> None:
+        rt = getattr(self, "_rt", None)
+        if rt is None:
+            return
+        if self._graph_exec is not None:
+            rt.cudaGraphExecDestroy(self._graph_exec)
+            self._graph_exec = None
+        for ptr in self._buffers.values():
+            rt.cudaFree(ptr)
+        self._buffers = {}
+        if self._stream is not None:
+            rt.cudaStreamDestroy(self._stream)
+            self._stream = None
+        self._context = self._engine = None
+
+
+def tensorrt_usable(manifest: Mapping[str, Any]) -> tuple[bool, str]:
+    """Whether `runtime.load(backend=None)` should pick TensorRT for this folder, and why not when it should not."""
+    from engines.base import backend_importable
+    from engines.tensorrt_builder import gpu_count
+
+    if not backend_importable("tensorrt"):
+        return False, "tensorrt is not installed"
+    missing = [n for n, c in manifest["components"].items() if not c.get("tensorrt")]
+    if missing:
+        return False, f"no TensorRT engines for {', '.join(missing)}"
+    try:
+        if gpu_count() < 1:
+            return False, "no CUDA GPU"
+    except EngineError as exc:
+        return False, str(exc)
+    return True, ""

@@ -1,0 +1,469 @@
+"""FP16 and INT8 graphs from the FP32 ONNX, made and checked under ONNX Runtime for strongly typed TensorRT.
+
+TensorRT 10 deprecated implicit INT8 calibration and the FP16/INT8 builder flags (TensorRT 11 removed them): the
+precision lives in the graph. So this module writes it there, where it can be measured without a GPU:
+
+- **fp16**: every float tensor FP16 except *islands* kept in FP32 (ONNX Runtime's float16 converter with a node
+  block list; Casts at the island borders, round trips between neighbouring island nodes removed). Graph inputs
+  and outputs stay FP32, so the runtime and the manifest's specs do not change.
+- **int8**: explicit Q/DQ (calibration/quantize.py): symmetric INT8, per-channel weights, per-tensor activations,
+  on the inputs of Conv / MatMul / Gemm with constant weights; layers that lose too much stay FP32.
+
+The FP16 islands are chosen by measurement (`choose_islands`): candidate groups are found in the graph, and a group
+is kept only where dropping it makes the component's outputs measurably worse against FP32 on the calibration
+feeds. FP16 is measured by *emulation*: ONNX Runtime's CPU kernels compute most FP16 nodes in FP32 and keep chains of
+them in FP32 (it fuses its own casts away), which hides overflow; `emulate_fp16` instead rounds every tensor that
+is FP16 in the graph to FP16 after the node that makes it (math inside a node in FP32, as TensorRT's FP16 kernels
+accumulate), so an overflow shows as inf. Candidate groups:
+
+    attention_softmax  score MatMul(s) -> scale / mask / bias -> Softmax: scores overflow FP16 (Phi-2: pinned)
+    softmax            other Softmax nodes (MSDA point weights, level scores)
+    normalization      LayerNormalization, InstanceNormalization (GroupNorm), ReduceL2 (L2 normalize)
+    msda_coordinates   sampling offsets Linear -> locations -> GridSample grid (or the MSDA plugin's locations)
+
+    report = convert("segmenter.onnx", "segmenter.fp16.onnx", "fp16", "segmenter", feeds)
+    convert_artifacts(staging, manifest, "int8", calib="calib/")   # what build_engines.py calls
+"""
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+PRECISIONS = ("fp32", "fp16", "int8")
+ISLAND_GROUPS = ("attention_softmax", "softmax", "normalization", "msda_coordinates")
+# Islands kept whatever the measurement says, because the measurement cannot see the reason with random weights.
+PINNED_ISLANDS = {
+    "captioner_decoder": {"attention_softmax": "Phi-2's attention scores overflow FP16 with its real weights "
+                                               "(models/captioner.py computes them in FP32 for that reason)"},
+}
+# The LLM decoder is quantized weight-only (INT8 per channel, or INT4 blocks with llm_bits=4): its activations have
+# outliers that per-tensor INT8 cannot hold, and weight bandwidth is what limits decode speed on a Jetson.
+WEIGHT_ONLY = {"captioner_decoder"}
+# Keep an island when dropping it grows the worst relative output error by more than this factor (or to non-finite).
+ISLAND_TOLERANCE = 1.25
+_SCORE_OPS = {"MatMul", "Gemm", "Einsum"}
+_SCORE_PATH_OPS = {"Add", "Sub", "Mul", "Div", "Where", "Concat", "Reshape", "Transpose", "Cast", "Squeeze",
+                   "Unsqueeze", "Expand", "Slice", "Identity", "Neg"}
+_NORMALIZATION_OPS = {"LayerNormalization", "InstanceNormalization", "GroupNormalization", "ReduceL2"}
+_MSDA_PLUGIN = ("trt.plugins", "MultiscaleDeformableAttnPlugin_TRT")
+Feeds = Mapping[str, np.ndarray]
+
+
+class PrecisionError(ValueError):
+    """A precision build that cannot be made; the message says what to pass instead."""
+
+
+class NothingToQuantize(PrecisionError):
+    """A graph with no Conv / MatMul / Gemm weights (an embedding table): it stays FP32."""
+
+
+def check_args(precision: str, calib: str | Path | None) -> None:
+    """Fail before any export work: unknown precision, INT8 without calibration images, a bad --calib folder."""
+    if precision not in PRECISIONS:
+        raise PrecisionError(f"unknown precision '{precision}': choose one of {', '.join(PRECISIONS)}")
+    if precision == "int8" and calib is None:
+        raise PrecisionError("--precision int8 needs calibration images: pass --calib DIR, a folder of frames like "
+                             "the ones the camera will see (a few hundred; optional DIR/captions.txt)")
+    if calib is not None:
+        from calibration.data import list_images
+
+        list_images(calib)
+
+
+# ------------------------------------------------------------------------------------------------ graph helpers
+def _name_nodes(model: onnx.ModelProto) -> None:
+    used = {n.name for n in model.graph.node if n.name}
+    for i, node in enumerate(model.graph.node):
+        if not node.name:
+            name, k = f"{node.op_type}_{i}", 0
+            while name in used:
+                k += 1
+                name = f"{node.op_type}_{i}_{k}"
+            node.name = name
+            used.add(name)
+
+
+def _float_types(model: onnx.ModelProto) -> dict[str, int]:
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {v.name: v.type.tensor_type.elem_type for v in
+             list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)}
+    types.update({i.name: i.data_type for i in model.graph.initializer})
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].type == onnx.AttributeProto.TENSOR:
+            types[node.output[0]] = node.attribute[0].t.data_type
+    return types
+
+
+def find_islands(model: onnx.ModelProto) -> dict[str, set[str]]:
+    """Candidate FP32 islands, by group: {group: node names}. Nodes get names where they have none."""
+    _name_nodes(model)
+    nodes = list(model.graph.node)
+    producer = {o: n for n in nodes for o in n.output}
+    constants = {i.name for i in model.graph.initializer} | {n.output[0] for n in nodes if n.op_type == "Constant"}
+    types = _float_types(model)
+    is_float = lambda name: types.get(name) in (TensorProto.FLOAT, TensorProto.FLOAT16)  # noqa: E731
+    groups: dict[str, set[str]] = {g: set() for g in ISLAND_GROUPS}
+
+    def score_path(name: str, depth: int) -> tuple[set[str], bool]:
+        """Nodes from the score MatMuls to `name`; True when a MatMul of two activations was reached."""
+        node = producer.get(name)
+        if node is None or name in constants or depth > 6:
+            return set(), False
+        if node.op_type in _SCORE_OPS:
+            two_activations = sum(i not in constants for i in node.input[:2]) == 2
+            return {node.name}, two_activations
+        if node.op_type not in _SCORE_PATH_OPS:
+            return set(), False
+        found, hit = set(), False
+        for i in node.input:
+            if i and is_float(i):
+                sub, h = score_path(i, depth + 1)
+                if h:
+                    found |= sub
+                    hit = True
+        return (found | {node.name}, True) if hit else (set(), False)
+
+    def coordinate_slice(name: str, limit: int = 96) -> set[str]:
+        """Backward from a coordinate tensor to (and including) the Linear that predicts the offsets."""
+        out, stack = set(), [name]
+        while stack and len(out) < limit:
+            node = producer.get(stack.pop())
+            if node is None or node.name in out or node.op_type == "Constant":
+                continue
+            out.add(node.name)
+            if node.op_type in ("MatMul", "Gemm"):
+                continue
+            stack += [i for i in node.input if i and i not in constants and is_float(i)]
+        return out
+
+    for node in nodes:
+        if node.op_type == "Softmax":
+            path, attention = score_path(node.input[0], 0)
+            if attention:
+                groups["attention_softmax"] |= path | {node.name}
+            else:
+                groups["softmax"].add(node.name)
+        elif node.op_type in _NORMALIZATION_OPS:
+            groups["normalization"].add(node.name)
+        elif node.op_type == "GridSample":
+            groups["msda_coordinates"] |= {node.name} | coordinate_slice(node.input[1])
+        elif (node.domain, node.op_type) == _MSDA_PLUGIN:
+            groups["msda_coordinates"] |= coordinate_slice(node.input[3]) | coordinate_slice(node.input[4])
+    # Constants read only by an island's nodes belong to it (their values stay FP32, e.g. float32.min masks).
+    consumers: dict[str, list[str]] = {}
+    for n in nodes:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n.name)
+    for members in groups.values():
+        for n in nodes:
+            if n.op_type == "Constant" and consumers.get(n.output[0]) and \
+                    all(c in members for c in consumers[n.output[0]]):
+                members.add(n.name)
+    return groups
+
+
+def to_fp16(model: onnx.ModelProto, keep: Iterable[str], islands: Mapping[str, set[str]] | None = None
+            ) -> onnx.ModelProto:
+    """FP16 copy of `model` with the island groups in `keep` left FP32; inputs and outputs stay FP32."""
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+    model = copy.deepcopy(model)
+    islands = find_islands(model) if islands is None else islands
+    unknown = set(keep) - set(ISLAND_GROUPS)
+    if unknown:
+        raise PrecisionError(f"unknown FP16 island groups {sorted(unknown)}: choose from {', '.join(ISLAND_GROUPS)}")
+    block = set().union(*(islands.get(g, set()) for g in keep)) if keep else set()
+    _name_nodes(model)
+    del model.graph.value_info[:]
+    fp16 = convert_float_to_float16(model, keep_io_types=True, node_block_list=sorted(block),
+                                    op_block_list=DEFAULT_OP_BLOCK_LIST)
+    _drop_round_trip_casts(fp16)
+    _topological_sort(fp16.graph)
+    return fp16
+
+
+def _topological_sort(graph: onnx.GraphProto) -> None:
+    """The converter appends its Casts at the end; ONNX wants every node after the nodes it reads."""
+    available = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    pending = list(graph.node)
+    ordered = []
+    while pending:
+        progress = False
+        rest = []
+        for node in pending:
+            if all(i in available for i in node.input):
+                ordered.append(node)
+                available.update(node.output)
+                progress = True
+            else:
+                rest.append(node)
+        if not progress:
+            raise PrecisionError(f"FP16 graph has a cycle or a missing tensor at {rest[0].name}")
+        pending = rest
+    del graph.node[:]
+    graph.node.extend(ordered)
+
+
+def _drop_round_trip_casts(model: onnx.ModelProto) -> None:
+    """Cast(fp32 -> fp16) -> Cast(fp16 -> fp32) between two island nodes would round the island's values to FP16
+    on the way; read the FP32 tensor directly instead."""
+    graph = model.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    outputs = {o.name for o in graph.output}
+    rename: dict[str, str] = {}
+    dead = []
+    for node in graph.node:
+        if node.op_type != "Cast" or helper.get_attribute_value(node.attribute[0]) != TensorProto.FLOAT:
+            continue
+        up = producer.get(node.input[0])
+        if up is None or up.op_type != "Cast" or helper.get_attribute_value(up.attribute[0]) != TensorProto.FLOAT16:
+            continue
+        source = producer.get(up.input[0])
+        if source is None or source.op_type == "Cast" or node.output[0] in outputs:
+            continue
+        # The fp16 cast's input is FP32 only when the converter made it for an island node's output.
+        if not up.input[0].endswith("_cast_to_fp16"):
+            continue
+        rename[node.output[0]] = up.input[0]
+        dead.append(node)
+    for node in dead:
+        graph.node.remove(node)
+    for node in graph.node:
+        for k, name in enumerate(node.input):
+            if name in rename:
+                node.input[k] = rename[name]
+    read = {i for n in graph.node for i in n.input} | outputs
+    for node in [n for n in graph.node if n.op_type == "Cast" and all(o not in read for o in n.output)]:
+        graph.node.remove(node)
+    keep = {o for n in graph.node for o in n.output}
+    for vi in [v for v in graph.value_info if v.name not in keep]:
+        graph.value_info.remove(vi)
+
+
+def emulate_fp16(model16: onnx.ModelProto) -> onnx.ModelProto:
+    """An FP32 graph that computes like `model16` on a GPU: every tensor that is FP16 in `model16` is rounded to
+    FP16 (Cast there and back) right after the node that makes it; the math inside each node is FP32."""
+    types = _float_types(model16)
+    model = copy.deepcopy(model16)
+    graph = model.graph
+    for init in graph.initializer:
+        if init.data_type == TensorProto.FLOAT16:
+            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float32), init.name))
+    new_nodes = []
+    for node in graph.node:
+        for a in node.attribute:
+            if a.type == onnx.AttributeProto.TENSOR and a.t.data_type == TensorProto.FLOAT16:
+                a.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(a.t).astype(np.float32), a.t.name))
+            if node.op_type == "Cast" and a.name == "to" and a.i == TensorProto.FLOAT16:
+                a.i = TensorProto.FLOAT
+        new_nodes.append(node)
+        for k, out in enumerate(node.output):
+            if out and types.get(out) == TensorProto.FLOAT16:
+                raw, half = f"{out}__fp32", f"{out}__fp16"
+                node.output[k] = raw
+                new_nodes.append(helper.make_node("Cast", [raw], [half], to=TensorProto.FLOAT16, name=f"{raw}_round"))
+                new_nodes.append(helper.make_node("Cast", [half], [out], to=TensorProto.FLOAT, name=f"{half}_back"))
+    del graph.node[:]
+    graph.node.extend(new_nodes)
+    del graph.value_info[:]
+    for value in list(graph.input) + list(graph.output):
+        if value.type.tensor_type.elem_type == TensorProto.FLOAT16:
+            value.type.tensor_type.elem_type = TensorProto.FLOAT
+    return model
+
+
+# ------------------------------------------------------------------------------------------------- measuring
+def run(model: onnx.ModelProto | str | Path, feeds: Sequence[Feeds], threads: int | None = None
+        ) -> list[dict[str, np.ndarray]]:
+    """Outputs of `model` under ONNX Runtime (CPU) for each feed dict."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+    source = str(model) if isinstance(model, (str, Path)) else model.SerializeToString()
+    session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    return [dict(zip(names, session.run(names, dict(f)))) for f in feeds]
+
+
+def output_errors(reference: Sequence[Mapping[str, np.ndarray]], got: Sequence[Mapping[str, np.ndarray]]
+                  ) -> dict[str, dict[str, float]]:
+    """Per output over all feeds: max and mean absolute error, and the max relative to max |reference|."""
+    out = {}
+    for name in reference[0]:
+        diffs = [np.abs(g[name].astype(np.float64) - r[name].astype(np.float64)) for r, g in zip(reference, got)]
+        scale = max(float(np.abs(r[name]).max()) for r in reference) or 1.0
+        max_abs = max(float(d.max()) if np.isfinite(d).all() else float("inf") for d in diffs)
+        mean_abs = float(np.mean([d.mean() for d in diffs]))
+        out[name] = {"max_abs": max_abs, "mean_abs": mean_abs, "max_rel": max_abs / scale}
+    return out
+
+
+def worst(errors: Mapping[str, Mapping[str, float]]) -> float:
+    values = [e["max_rel"] for e in errors.values()]
+    return float("inf") if any(not np.isfinite(v) for v in values) else max(values)
+
+
+def choose_islands(model: onnx.ModelProto, component: str, feeds: Sequence[Feeds],
+                   reference: Sequence[Mapping[str, np.ndarray]], log: Callable[[str], None] = lambda s: None
+                   ) -> tuple[list[str], dict[str, Any]]:
+    """Leave-one-out over the candidate island groups (emulated FP16 against FP32 on `feeds`): keep a group when
+    the worst relative output error without it is more than ISLAND_TOLERANCE times the error with every group
+    kept, or not finite; pinned groups stay. Returns the kept groups and the measurements."""
+    islands = find_islands(model)
+    present = [g for g in ISLAND_GROUPS if islands[g]]
+    pinned = PINNED_ISLANDS.get(component, {})
+
+    def error_with(keep: Sequence[str]) -> dict[str, dict[str, float]]:
+        return output_errors(reference, run(emulate_fp16(to_fp16(model, keep, islands)), feeds))
+
+    all_kept = error_with(present)
+    none_kept = error_with([])
+    base = worst(all_kept)
+    study: dict[str, Any] = {"all_islands": {"worst_rel": base, "outputs": all_kept},
+                             "no_islands": {"worst_rel": worst(none_kept), "outputs": none_kept}, "groups": {}}
+    kept = []
+    for group in present:
+        without = worst(error_with([g for g in present if g != group]))
+        needed = not np.isfinite(without) or without > ISLAND_TOLERANCE * max(base, 1e-12)
+        reason = pinned.get(group) or ("measured: dropping it grows the worst relative error "
+                                       f"{base:.2e} -> {without:.2e}" if needed else "")
+        if needed or group in pinned:
+            kept.append(group)
+        study["groups"][group] = {"nodes": len(islands[group]), "worst_rel_without": without,
+                                  "kept": group in kept, "reason": reason or "measured: no effect, left FP16"}
+        log(f"    fp16 island {group:<18} {len(islands[group]):4d} nodes  worst rel. error without it "
+            f"{without:.2e} (all islands {base:.2e}) -> {'FP32' if group in kept else 'FP16'}")
+    return kept, study
+
+
+# --------------------------------------------------------------------------------------------------- convert
+def convert(fp32_onnx_path: str | Path, out_path: str | Path, precision: str, component_name: str,
+            calib: Sequence[Feeds], *, cache_dir: str | Path | None = None, calib_fingerprint: str = "",
+            method: str = "entropy", islands: Sequence[str] | str = "auto", log: Callable[[str], None] = print,
+            **int8_options: Any) -> dict[str, Any]:
+    """Write `out_path`, the `precision` version of the FP32 graph `fp32_onnx_path` for `component_name`, and
+    return its report (JSON-able): islands or quantized/excluded layers, and the error against FP32 on `calib`
+    (the component's recorded input feeds; see calibration.data.CalibrationSet.record)."""
+    if precision not in ("fp16", "int8"):
+        raise PrecisionError(f"convert() makes fp16 or int8 graphs, got '{precision}'")
+    if not calib and not (precision == "fp16" or component_name in WEIGHT_ONLY):
+        raise PrecisionError(f"{component_name}: no calibration feeds were recorded for it")
+    t0 = time.perf_counter()
+    fp32_onnx_path, out_path = Path(fp32_onnx_path), Path(out_path)
+    model = onnx.load(str(fp32_onnx_path))
+    reference = run(model, calib) if calib else None
+    if precision == "fp16":
+        if islands == "auto" and calib:
+            keep, study = choose_islands(model, component_name, calib, reference, log)
+        elif islands == "auto":  # nothing to measure on: only the pinned islands
+            keep, study = sorted(PINNED_ISLANDS.get(component_name, {})), {"not_measured": "no feeds recorded"}
+        else:
+            keep, study = list(islands), {}
+        model16 = to_fp16(model, keep)
+        _save_checked(model16, out_path)
+        vs = {"emulated_fp16": output_errors(reference, run(emulate_fp16(model16), calib)),
+              "onnxruntime_cpu": output_errors(reference, run(model16, calib))} if calib else {}
+        report = {"precision": "fp16", "fp32_islands": keep, "island_study": study, "vs_fp32": vs}
+    elif component_name in WEIGHT_ONLY:
+        from calibration.quantize import quantize_weights
+
+        bits = int(int8_options.get("llm_bits", 8))
+        quantized, report = quantize_weights(model, bits=bits)
+        _save_checked(quantized, out_path)
+        report.update({"precision": f"int{bits}-weight-only",
+                       "vs_fp32": output_errors(reference, run(out_path, calib)) if calib else {}})
+    else:
+        from calibration.quantize import quantize_int8
+
+        report = quantize_int8(model, out_path, calib, reference=reference, component=component_name,
+                               method=method, cache_dir=cache_dir, calib_fingerprint=calib_fingerprint,
+                               fp32_sha256=_sha256(fp32_onnx_path), log=log, **int8_options)
+    report["seconds"] = round(time.perf_counter() - t0, 1)
+    return report
+
+
+def _sha256(path: Path) -> str:
+    from engines.manifest import sha256_file
+
+    return sha256_file(path)
+
+
+def _save_checked(model: onnx.ModelProto, path: Path) -> None:
+    from export.onnx_utils import atomic_write_bytes, check_onnx
+
+    check_onnx(model)
+    atomic_write_bytes(path, model.SerializeToString())
+
+
+def convert_artifacts(folder: str | Path, manifest: dict[str, Any], precision: str, calib: str | Path | None = None,
+                      cache_dir: str | Path | None = None, method: str = "entropy", components: Sequence[str] | None = None,
+                      log: Callable[[str], None] = print, **options: Any) -> dict[str, dict[str, Any]]:
+    """Make the `precision` graphs of every component of an FP32 artifact folder (usually the build's staging
+    folder, before publish) and point the manifest at them, in place: `onnx` becomes the new graph, `onnx_fp32`
+    keeps the FP32 one, `precision` and `precision_report` are set. Calibration frames come from `calib` (a folder
+    of images, required for int8) or, for fp16, the demo frames. Returns the reports by component."""
+    from calibration.data import CalibrationSet
+    from engines.manifest import file_entry
+
+    check_args(precision, calib)
+    if precision == "fp32":
+        return {}
+    folder = Path(folder)
+    data = CalibrationSet.from_folder(calib) if calib is not None else CalibrationSet.demo()
+    t = time.perf_counter()
+    recorded = data.record(folder, manifest)
+    log(f"  recorded calibration feeds from {data.source}: "
+        + ", ".join(f"{n} {len(f)}" for n, f in recorded.items()) + f" ({time.perf_counter() - t:.1f} s)")
+    reports = {}
+    for name, entry in manifest["components"].items():
+        if components is not None and name not in components:
+            continue
+        fp32_file = entry["onnx"]["file"]
+        out_name = f"{Path(fp32_file).stem}.{precision}.onnx"
+        t = time.perf_counter()
+        try:
+            report = convert(folder / fp32_file, folder / out_name, precision, name, recorded.get(name, []),
+                             cache_dir=cache_dir, calib_fingerprint=data.fingerprint(), method=method, log=log,
+                             **options)
+        except (PrecisionError, NothingToQuantize) as exc:  # e.g. an embedding table: stays FP32, says why
+            entry["precision"] = "fp32"
+            entry["precision_report"] = reports[name] = {"precision": "fp32", "kept_fp32": str(exc)}
+            log(f"  {precision} {name:<13} kept FP32: {exc}")
+            continue
+        report["calibration"] = data.source
+        entry["onnx_fp32"] = {"file": entry["onnx"]["file"], "sha256": entry["onnx"]["sha256"],
+                              "size": entry["onnx"]["size"]}
+        if entry.get("data_files"):  # the new graph holds its weights inline; the FP32 one keeps its data files
+            entry["onnx_fp32_data_files"] = entry.pop("data_files")
+        entry["onnx"] = file_entry(folder, out_name)
+        entry["precision"] = report["precision"]
+        entry["precision_report"] = report
+        reports[name] = report
+        log(f"  {precision} {name:<13} {summary_line(report)} ({time.perf_counter() - t:.1f} s)")
+    manifest["precision"] = precision
+    return reports
+
+
+def summary_line(report: Mapping[str, Any]) -> str:
+    if not report.get("vs_fp32"):
+        return f"{report['precision']} (not measured: no feeds recorded)"
+    if report["precision"].endswith("weight-only"):
+        return (f"{report['layers']} weights {report['precision']}; max |q-fp32| "
+                f"{max(e['max_abs'] for e in report['vs_fp32'].values()):.2e}")
+    if report["precision"] == "fp16":
+        err = report["vs_fp32"]["emulated_fp16"]
+        return (f"FP32 islands {report['fp32_islands'] or 'none'}; emulated max |fp16-fp32| "
+                f"{max(e['max_abs'] for e in err.values()):.2e}")
+    err = report["vs_fp32"]
+    return (f"{report['quantized_layers']} layers INT8, {len(report['excluded_layers'])} kept FP32; "
+            f"max |int8-fp32| {max(e['max_abs'] for e in err.values()):.2e}"
+            + (" (calibration cache hit)" if report.get("cache_hit") else ""))
