@@ -20,7 +20,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -28,6 +27,8 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+
+from engines.manifest import atomic_write_bytes
 
 METHODS = ("entropy", "percentile", "minmax")
 CACHE_VERSION = 1
@@ -179,7 +180,7 @@ def quantize_int8(model: onnx.ModelProto, out_path: str | Path, feeds: Sequence[
         _quantize(fp32_path, final, None, keep, method, percentile, ranges_path)  # ranges from the cache
         quantized = onnx.load(str(final))
         _check_tensorrt_form(quantized, component)
-        from export.onnx_utils import atomic_write_bytes, check_onnx
+        from export.onnx_utils import check_onnx
 
         check_onnx(quantized)
         atomic_write_bytes(out_path, quantized.SerializeToString())
@@ -202,14 +203,7 @@ def _feeds_fingerprint(feeds: Sequence[Feeds]) -> str:
 
 
 def _atomic_json(path: Path, data: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write_bytes(path, json.dumps(data, indent=1).encode())
 
 
 def _check_tensorrt_form(model: onnx.ModelProto, component: str) -> None:

@@ -83,6 +83,8 @@ class Engine(ABC):
         return [s.name for s in self.outputs]
 
     def __call__(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.closed:
+            raise EngineError(f"{self.name}: this engine was closed; load the artifacts again")
         missing = [n for n in self.input_names if n not in feeds]
         extra = [n for n in feeds if n not in self.input_names]
         if missing or extra:
@@ -95,8 +97,11 @@ class Engine(ABC):
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the graph on checked inputs; return every output by name as a numpy array."""
 
+    closed: bool = False
+
     def close(self) -> None:
         """Release backend resources (sessions, CUDA memory). Safe to call twice."""
+        self.closed = True
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, backend={self.backend!r})"

@@ -73,3 +73,4 @@ class OnnxRuntimeEngine(Engine):
         # Dropping the session ends its thread pool, whose spinning workers would otherwise keep
         # competing for the CPU with whatever runs next in this process.
         self.session = None
+        super().close()

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import hashlib
 import os
 import sys
 import time
@@ -34,13 +33,15 @@ if __package__ in (None, ""):  # run as a script: make the repository's packages
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engines.base import EngineError, TensorSpec  # noqa: E402
+from engines.manifest import atomic_write_bytes, sha256_file  # noqa: E402
+from models.names import CLASS_AXIS, PHRASES_AXIS, PRIORS_AXIS, VOCAB_AXIS  # noqa: E402
 
 PLUGINS_ENV = "LLMFORMER_PLUGINS"
 PLUGIN_LIBRARY = "libllmformer_plugins.so"
 DEFAULT_WORKSPACE = 2 << 30
 ENGINE_SUFFIX = ".engine"
 # Opt sizes of the dynamic axes (the shapes TensorRT tunes for); clipped to each input's [min, max].
-OPT_AXES = {"priors": 8, "vocab": 32, "phrases": 16, "vocab_plus_no_object": 33}
+OPT_AXES = {PRIORS_AXIS: 8, VOCAB_AXIS: 32, PHRASES_AXIS: 16, CLASS_AXIS: 33}
 REBUILD = "rebuild the engines on this device with `python -m engines.tensorrt_builder {folder}`"
 
 
@@ -65,11 +66,7 @@ def plugin_library(path: str | os.PathLike | None = None) -> Path:
 
 
 def plugin_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return sha256_file(path)
 
 
 _loaded: dict[str, str] = {}
@@ -173,7 +170,6 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, component: Mapp
     import tensorrt as trt
 
     from engines.manifest import file_entry
-    from export.onnx_utils import atomic_write_bytes
 
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)
     logger = trt.Logger(trt.Logger.WARNING)

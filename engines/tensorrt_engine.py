@@ -73,6 +73,17 @@ class TensorRTEngine(Engine):
         self._context = self._engine.create_execution_context()
         rt = cudart()
         self._rt = rt
+        try:
+            self._allocate(trt, rt, name, hint)
+        except BaseException:
+            self.close()  # free the stream and the buffers allocated before the failure
+            raise
+        self._static = all(s.min_shape is None for s in self.inputs)
+        self._use_graph = self._static if cuda_graph is None else bool(cuda_graph) and self._static
+        self._runs = 0
+
+    def _allocate(self, trt, rt, name: str, hint: str) -> None:
+        """One stream and one device buffer per tensor, sized for its largest shape, bound once."""
         self._stream = cuda_check(rt.cudaStreamCreate())
         self._dtypes: dict[str, np.dtype] = {}
         for spec in self.inputs + self.outputs:
@@ -85,9 +96,6 @@ class TensorRTEngine(Engine):
             self._dtypes[spec.name] = dtype
             if not self._context.set_tensor_address(spec.name, self._buffers[spec.name]):
                 raise EngineError(f"{name}: TensorRT did not accept the buffer for '{spec.name}'")
-        self._static = all(s.min_shape is None for s in self.inputs)
-        self._use_graph = self._static if cuda_graph is None else bool(cuda_graph) and self._static
-        self._runs = 0
 
     @classmethod
     def from_component(cls, name: str, folder: Path, component: Mapping[str, Any], plugins=None,
@@ -170,6 +178,7 @@ class TensorRTEngine(Engine):
             rt.cudaStreamDestroy(self._stream)
             self._stream = None
         self._context = self._engine = None
+        super().close()
 
 
 def tensorrt_usable(manifest: Mapping[str, Any]) -> tuple[bool, str]:

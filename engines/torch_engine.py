@@ -49,6 +49,10 @@ class TorchEngine(Engine):
         return cls(name, module, [TensorSpec.from_json(s) for s in component["inputs"]],
                    [TensorSpec.from_json(s) for s in component["outputs"]], device=device, threads=threads)
 
+    def close(self) -> None:
+        self.module = None
+        super().close()
+
     @torch.inference_mode()
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         args = [torch.from_numpy(np.ascontiguousarray(feeds[n])).to(self.device) for n in self.input_names]

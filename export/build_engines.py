@@ -321,6 +321,7 @@ def validate_caption(staging: Path, entries: dict, info: dict, tokens: int = 8) 
     import numpy as np
 
     from engines.base import create_engine
+    from models.captioner import release_captioners
     from models.names import CAPTIONER_DECODER, CAPTIONER_EMBED
     from runtime.decode import CaptionDecoder
 
@@ -338,6 +339,9 @@ def validate_caption(staging: Path, entries: dict, info: dict, tokens: int = 8) 
             spec = entries[CAPTIONER_DECODER.component]["inputs"][0]
             embeds = rng.standard_normal((1, info["image_tokens"], spec["shape"][2])).astype(np.float32)
         captions.append(dec.caption_embeds(embeds, max_new_tokens=tokens).token_ids)
+        for engine in engines.values():
+            engine.close()
+    release_captioners()  # the staging folder is about to move; keep no model loaded from it
     return list(captions[0]) == list(captions[1])
 
 

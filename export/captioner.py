@@ -98,7 +98,8 @@ def export_captioner(captioner: Captioner, folder: str | Path, segmenter_layers:
     checked with onnx.checker and full shape inference. `segmenter_layers` are the tower hidden states the
     segmenter reads (the preset's `vision_tower.feature_layers`); `max_context` defaults to the model's
     max_position_embeddings."""
-    from export.onnx_utils import DEFAULT_OPSET, atomic_write_bytes
+    from engines.manifest import atomic_write_bytes
+    from export.onnx_utils import DEFAULT_OPSET
     from models.captioner import TOKENIZER_FILE
 
     folder = Path(folder)

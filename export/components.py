@@ -6,11 +6,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from models.names import SEGMENTER, TEXT_ENCODER, VISION_TOWER, ComponentNames
+from models.names import (CLASS_AXIS, PHRASES_AXIS, PRIORS_AXIS, SEGMENTER, TEXT_ENCODER, VISION_TOWER, VOCAB_AXIS,
+                          ComponentNames)
 from models.presets import Preset
 
 # Ranges of the dynamic axes, recorded in the manifest (and the TensorRT profiles made from it).
-DEFAULT_RANGES = {"priors": (1, 64), "vocab": (1, 256), "phrases": (1, 128)}
+DEFAULT_RANGES = {PRIORS_AXIS: (1, 64), VOCAB_AXIS: (1, 256), PHRASES_AXIS: (1, 128)}
 
 
 @dataclass
@@ -37,7 +38,7 @@ def text_encoder_component(preset: Preset, encoder: nn.Module, seed: int = 0) ->
     ids = torch.randint(1000, 2000, (3, L), generator=g)
     mask = torch.ones(3, L, dtype=torch.int64)
     mask[1, L // 2:] = 0
-    axes = {n: {0: "phrases"} for n in TEXT_ENCODER.inputs + TEXT_ENCODER.outputs}
+    axes = {n: {0: PHRASES_AXIS} for n in TEXT_ENCODER.inputs + TEXT_ENCODER.outputs}
     return Component(TEXT_ENCODER, encoder, (ids, mask), axes)
 
 
@@ -65,7 +66,7 @@ def segmenter_example(preset: Preset, priors: int = 3, vocab: int = 4, seed: int
 
 def segmenter_component(preset: Preset, segmenter: nn.Module, seed: int = 0) -> Component:
     _, _, objects, attributes, valid, relation, vocab = SEGMENTER.inputs
-    axes = {objects: {1: "priors"}, attributes: {1: "priors"}, valid: {1: "priors"},
-            relation: {1: "priors", 2: "priors"}, vocab: {0: "vocab"},
-            SEGMENTER.outputs[1]: {2: "vocab_plus_no_object"}}
+    axes = {objects: {1: PRIORS_AXIS}, attributes: {1: PRIORS_AXIS}, valid: {1: PRIORS_AXIS},
+            relation: {1: PRIORS_AXIS, 2: PRIORS_AXIS}, vocab: {0: VOCAB_AXIS},
+            SEGMENTER.outputs[1]: {2: CLASS_AXIS}}
     return Component(SEGMENTER, segmenter, segmenter_example(preset, seed=seed), axes)

@@ -35,6 +35,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from engines.manifest import sha256_file
+
 PRECISIONS = ("fp32", "fp16", "int8")
 ISLAND_GROUPS = ("attention_softmax", "softmax", "normalization", "msda_coordinates")
 # Islands kept whatever the measurement says, because the measurement cannot see the reason with random weights.
@@ -386,19 +388,14 @@ def convert(fp32_onnx_path: str | Path, out_path: str | Path, precision: str, co
 
         report = quantize_int8(model, out_path, calib, reference=reference, component=component_name,
                                method=method, cache_dir=cache_dir, calib_fingerprint=calib_fingerprint,
-                               fp32_sha256=_sha256(fp32_onnx_path), log=log, **int8_options)
+                               fp32_sha256=sha256_file(fp32_onnx_path), log=log, **int8_options)
     report["seconds"] = round(time.perf_counter() - t0, 1)
     return report
 
 
-def _sha256(path: Path) -> str:
-    from engines.manifest import sha256_file
-
-    return sha256_file(path)
-
-
 def _save_checked(model: onnx.ModelProto, path: Path) -> None:
-    from export.onnx_utils import atomic_write_bytes, check_onnx
+    from engines.manifest import atomic_write_bytes
+    from export.onnx_utils import check_onnx
 
     check_onnx(model)
     atomic_write_bytes(path, model.SerializeToString())

@@ -109,12 +109,13 @@ def load_segmenter(path: str | os.PathLike):
     return model.eval()
 
 
-def _hf_classes(kind: str):
+def hf_classes(family: str):
+    """(config class, model class) of a transformers family: clip_vision, siglip_vision, bert, clip (text)."""
     from transformers import (BertConfig, BertModel, CLIPTextConfig, CLIPTextModelWithProjection, CLIPVisionConfig,
                               CLIPVisionModel, SiglipVisionConfig, SiglipVisionModel)
 
     return {"clip_vision": (CLIPVisionConfig, CLIPVisionModel), "siglip_vision": (SiglipVisionConfig, SiglipVisionModel),
-            "bert": (BertConfig, BertModel), "clip": (CLIPTextConfig, CLIPTextModelWithProjection)}[kind]
+            "bert": (BertConfig, BertModel), "clip": (CLIPTextConfig, CLIPTextModelWithProjection)}[family]
 
 
 def save_component(module: nn.Module, path: str | os.PathLike) -> Path:
@@ -147,7 +148,7 @@ def load_component(path: str | os.PathLike) -> nn.Module:
         return load_segmenter(path)
     if kind not in ("vision_tower", "text_encoder"):
         raise CheckpointError(f"checkpoint {path} holds an unknown component kind '{kind}'")
-    config_cls, model_cls = _hf_classes(cfg["family"])
+    config_cls, model_cls = hf_classes(cfg["family"])
     hf_config = config_cls.from_dict(cfg["hf_config"])
     hf_config._attn_implementation = "eager"
     hf = model_cls(hf_config)

@@ -7,6 +7,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+# Dynamic axes of the exported graphs (the manifest's shape ranges and TensorRT profiles use them).
+PRIORS_AXIS = "priors"                            # objects parsed from the caption, K
+VOCAB_AXIS = "vocab"                              # class names, V
+CLASS_AXIS = "vocab_plus_no_object"               # V + 1
+PHRASES_AXIS = "phrases"                          # text-encoder batch
+
+
 @dataclass(frozen=True)
 class ComponentNames:
     component: str

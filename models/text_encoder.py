@@ -65,20 +65,24 @@ class SentenceEncoder(nn.Module):
 
 
 def build_text_encoder(cfg: TextEncoderConfig) -> SentenceEncoder:
-    from transformers import BertConfig, BertModel, CLIPTextConfig, CLIPTextModelWithProjection
+    from models.checkpoint import hf_classes
 
-    classes = {"bert": (BertConfig, BertModel), "clip": (CLIPTextConfig, CLIPTextModelWithProjection)}
-    if cfg.kind not in classes:
-        raise ValueError(f"text encoder kind must be one of {sorted(classes)}, got '{cfg.kind}'")
-    config_cls, model_cls = classes[cfg.kind]
+    if cfg.kind not in ("bert", "clip"):
+        raise ValueError(f"text encoder kind must be 'bert' or 'clip', got '{cfg.kind}'")
+    config_cls, model_cls = hf_classes(cfg.kind)
     folder = source_folder(cfg)
     if folder is not None:
         model = model_cls.from_pretrained(folder, local_files_only=True, attn_implementation="eager")
     else:
         from tokenizers import Tokenizer
 
-        vocab = Tokenizer.from_file(str(tokenizer_file(cfg))).get_vocab_size()
-        extra = {"projection_dim": cfg.embed_dim} if cfg.kind == "clip" else {}
+        tok = Tokenizer.from_file(str(tokenizer_file(cfg)))
+        vocab = tok.get_vocab_size()
+        extra = {}
+        if cfg.kind == "clip":
+            # CLIP pools at the end-of-text token: with MiniLM's WordPiece ids that is [SEP].
+            extra = {"projection_dim": cfg.embed_dim, "eos_token_id": tok.token_to_id("[SEP]"),
+                     "bos_token_id": tok.token_to_id("[CLS]"), "pad_token_id": tok.token_to_id("[PAD]")}
         config = config_cls(vocab_size=vocab, hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
                             num_attention_heads=cfg.num_heads, intermediate_size=cfg.intermediate_size,
                             max_position_embeddings=max(cfg.max_length, 32), **extra)

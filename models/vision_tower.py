@@ -16,12 +16,11 @@ from models.presets import VisionTowerConfig
 
 def build_vision_model(cfg: VisionTowerConfig) -> nn.Module:
     """The `transformers` vision model: loaded from `cfg.source` (a local folder) or random from `cfg`."""
-    from transformers import CLIPVisionConfig, CLIPVisionModel, SiglipVisionConfig, SiglipVisionModel
+    from models.checkpoint import hf_classes
 
-    classes = {"clip": (CLIPVisionConfig, CLIPVisionModel), "siglip": (SiglipVisionConfig, SiglipVisionModel)}
-    if cfg.kind not in classes:
-        raise ValueError(f"vision tower kind must be one of {sorted(classes)}, got '{cfg.kind}'")
-    config_cls, model_cls = classes[cfg.kind]
+    if cfg.kind not in ("clip", "siglip"):
+        raise ValueError(f"vision tower kind must be 'clip' or 'siglip', got '{cfg.kind}'")
+    config_cls, model_cls = hf_classes(f"{cfg.kind}_vision")
     if cfg.source:
         folder = Path(cfg.source)
         if not (folder / "config.json").is_file():

@@ -61,7 +61,7 @@ def main(argv=None) -> int:
             seg = rt.segment(frame, vocabulary=vocabulary, caption=caption)
             path = args.out / f"frame_{i:03d}.png"
             cv2.imwrite(str(path), cv2.cvtColor(visualize(frame, seg), cv2.COLOR_RGB2BGR))
-            found = [seg.classes[c] for c in np.unique(seg.labels)]
+            found = [seg.classes[c] for c in np.unique(seg.labels[seg.labels >= 0])]
             print(f"{i:<10}" + "".join(f"{seg.timings.get(s, 0.0):12.1f}" for s in stages) + f"   {found}")
         random = [n for n, c in rt.manifest["components"].items() if c.get("random_weights")]
         if random:

@@ -320,10 +320,16 @@ def load(path: str | Path, backend: str | None = None, threads: int | None = Non
                 log.warning("artifacts were built for %s, which cannot run here (%s); using onnxruntime", recorded,
                             why if recorded == "tensorrt" else "not installed")
             backend = "onnxruntime"
-    engines = {name: create_engine(backend, name, folder, comp, threads=threads, **engine_options)
-               for name, comp in manifest["components"].items()}
-    rt = Runtime(folder, manifest, backend, engines, cache_size=cache_size, map_threshold=map_threshold,
-                 parser_model=parser_model)
-    if warmup:
-        rt.warmup()
+    engines: dict[str, Engine] = {}
+    try:
+        for name, comp in manifest["components"].items():
+            engines[name] = create_engine(backend, name, folder, comp, threads=threads, **engine_options)
+        rt = Runtime(folder, manifest, backend, engines, cache_size=cache_size, map_threshold=map_threshold,
+                     parser_model=parser_model)
+        if warmup:
+            rt.warmup()
+    except BaseException:
+        for engine in engines.values():  # sessions and device buffers opened before the failure
+            engine.close()
+        raise
     return rt

@@ -15,7 +15,10 @@ def palette(n: int) -> np.ndarray:
 
 
 def visualize(frame: np.ndarray, segmentation, alpha: float = 0.5, legend: bool = True) -> np.ndarray:
-    """H x W x 3 uint8 RGB frame + Segmentation -> H x W x 3 uint8 RGB overlay."""
+    """H x W x 3 uint8 RGB frame (or float in [0, 1], as segment() takes) + Segmentation -> uint8 RGB overlay."""
+    from runtime.frames import check_frame
+
+    frame = check_frame(frame)
     colors = palette(max(len(segmentation.classes), 1))
     labeled = segmentation.labels >= 0
     color_map = colors[np.where(labeled, segmentation.labels, 0)]

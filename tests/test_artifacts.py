@@ -199,7 +199,6 @@ def test_runtime_runs_without_torch(tiny_artifacts):
 
 
 def test_torch_backend_cannot_be_asked_for_tensorrt_here(tiny_artifacts):
-    pytest.importorskip("torch")
     try:
         import tensorrt  # noqa: F401
         pytest.skip("TensorRT is installed here")
@@ -338,3 +337,25 @@ def test_precision_flags_through_the_build_command(tmp_path):
     assert m["components"]["segmenter"]["onnx"]["file"].endswith(".fp16.onnx")
     seg = runtime.load(out).segment(demo_frame(0, (64, 64)), vocabulary=VOCAB, caption=CAPTION)
     assert seg.labels.shape == (64, 64)
+
+
+def test_a_build_killed_while_publishing_leaves_no_manifest(tiny_copy, monkeypatch):
+    """Between removing the old manifest and writing the new one the folder reads as unfinished, never as
+    a mix of two builds that would pass the hash check."""
+    import export.build_engines as be
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt("killed while moving files")
+
+    monkeypatch.setattr(be, "write_manifest", killed)
+    with pytest.raises(KeyboardInterrupt):
+        build(parse_args(["--out", str(tiny_copy), "--seed", "4"]), preset=tiny_preset())
+    with pytest.raises(ManifestError, match="no finished build"):
+        runtime.load(tiny_copy)
+
+
+def test_closed_runtime_says_so(tiny_artifacts):
+    rt = runtime.load(tiny_artifacts)
+    rt.close()
+    with pytest.raises(EngineError, match="closed"):
+        rt.segment(demo_frame(0, (64, 64)), vocabulary=VOCAB)
