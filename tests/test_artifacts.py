@@ -359,3 +359,13 @@ def test_closed_runtime_says_so(tiny_artifacts):
     rt.close()
     with pytest.raises(EngineError, match="closed"):
         rt.segment(demo_frame(0, (64, 64)), vocabulary=VOCAB)
+
+
+@pytest.mark.parametrize("caption", ["", "!!! 😀 \x00\x07", "Ceci n'est pas une pipe.", "it is very nice", "a " * 5000])
+def test_garbage_captions_fall_back_to_the_vocabulary(tiny_artifacts, caption):
+    """A caption with no usable objects gives empty or partial priors, and the segmenter still runs on
+    the vocabulary alone."""
+    rt = runtime.load(tiny_artifacts)
+    seg = rt.segment(demo_frame(3, (48, 64)), vocabulary=VOCAB, caption=caption)
+    assert seg.classes == VOCAB and seg.labels.shape == (48, 64)
+    assert seg.labels.min() >= 0 and seg.labels.max() < len(VOCAB)
