@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -32,3 +33,14 @@ def tiny_preset(name: str = "demo", **segmenter_overrides):
 @pytest.fixture
 def tiny():
     return tiny_preset
+
+
+class MSDAWrapper(torch.nn.Module):
+    """An MSDeformAttn with its level shapes bound, so the module traces with three tensor inputs."""
+
+    def __init__(self, attn, shapes):
+        super().__init__()
+        self.attn, self.shapes = attn, shapes
+
+    def forward(self, query, reference, value):
+        return self.attn(query, reference, value, self.shapes)

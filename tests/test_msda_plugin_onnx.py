@@ -11,6 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 from onnx.reference.op_run import OpRun
 
+from conftest import MSDAWrapper
 from export import msda_plugin as mp
 from export.onnx_utils import check_onnx, export_onnx
 from models import msda
@@ -38,15 +39,6 @@ def run_with_reference_plugin(model, feeds):
     return ReferenceEvaluator(model, new_ops=[MultiscaleDeformableAttnPlugin_TRT]).run(None, feeds)
 
 
-class _Wrapper(torch.nn.Module):
-    def __init__(self, attn, shapes):
-        super().__init__()
-        self.attn, self.shapes = attn, shapes
-
-    def forward(self, query, reference, value):
-        return self.attn(query, reference, value, self.shapes)
-
-
 def _msda_layer(levels=len(SHAPES)):
     torch.manual_seed(0)
     attn = MSDeformAttn(HEADS * HEAD_DIM, levels, HEADS, POINTS).eval()
@@ -55,7 +47,7 @@ def _msda_layer(levels=len(SHAPES)):
             p.normal_(std=0.5)
     S = sum(h * w for h, w in SHAPES[:levels])
     args = (torch.randn(1, 9, HEADS * HEAD_DIM), torch.rand(1, 9, levels, 2), torch.randn(1, S, HEADS * HEAD_DIM))
-    return _Wrapper(attn, SHAPES[:levels]).eval(), args
+    return MSDAWrapper(attn, SHAPES[:levels]).eval(), args
 
 
 def _plugin_node_is_well_formed(model, node, shapes):

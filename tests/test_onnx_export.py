@@ -4,7 +4,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from conftest import tiny_preset
+from conftest import MSDAWrapper, tiny_preset
 from export.components import segmenter_component, segmenter_example
 from export.onnx_utils import check_onnx, export_onnx, operator_set
 from models.msda import MSDeformAttn
@@ -12,15 +12,6 @@ from models.presets import get_preset
 from models.segmenter import LLMFormerSegmenter
 
 SHAPES = {1: [(8, 8)], 3: [(8, 8), (4, 4), (2, 2)], 4: [(8, 8), (4, 4), (2, 2), (1, 1)]}
-
-
-class _Wrapper(torch.nn.Module):
-    def __init__(self, attn, shapes):
-        super().__init__()
-        self.attn, self.shapes = attn, shapes
-
-    def forward(self, query, reference, value):
-        return self.attn(query, reference, value, self.shapes)
 
 
 @pytest.mark.parametrize("opset,mode", [(17, "bilinear"), (20, "linear")])
@@ -36,7 +27,7 @@ def test_msdeformattn_exports_and_matches_onnxruntime(tmp_path, opset, mode, lev
     S = sum(h * w for h, w in shapes)
     args = (torch.randn(1, 9, heads * head_dim), torch.rand(1, 9, levels, 2), torch.randn(1, S, heads * head_dim))
     path = tmp_path / "msda.onnx"
-    model = export_onnx(_Wrapper(attn, shapes), args, path, ["query", "reference", "value"], ["out"], opset=opset)
+    model = export_onnx(MSDAWrapper(attn, shapes), args, path, ["query", "reference", "value"], ["out"], opset=opset)
     grid = [n for n in model.graph.node if n.op_type == "GridSample"]
     assert len(grid) == levels
     assert all(a.s.decode() == mode for n in grid for a in n.attribute if a.name == "mode")
