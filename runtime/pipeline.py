@@ -62,6 +62,9 @@ class Segmentation:
     timings: dict[str, float]            # milliseconds per stage
     mask_logits: np.ndarray | None = None   # (Q, h, w), the raw outputs, for debugging and parity checks
     class_logits: np.ndarray | None = None  # (Q, V+1)
+    frame: int | None = None                # this frame's index (segment() calls on this Runtime, from 0)
+    caption_frame: int | None = None        # index of the frame the captioner described (None: no captioner)
+    caption_age_s: float | None = None      # seconds since that frame was captured (0 when captioned now)
 
 
 def _ms(t0: float) -> float:
@@ -92,6 +95,9 @@ class Runtime:
         self.limits = {spec["name"]: spec for spec in manifest["components"][SEGMENTER.component]["inputs"]}
         # With a captioner, its vision graph (tower + projector) is the one tower pass per frame.
         self.vision_name = CAPTIONER_VISION.component if CAPTIONER_VISION.component in engines else VISION_TOWER.component
+        self.frames = 0                  # frames segmented so far
+        self.captioning = None           # runtime.captioning.AsyncCaptioner while asynchronous captioning runs
+        self._parsed: tuple[str, Any] | None = None
         self.captioner = None
         if manifest.get("captioner"):
             from runtime.decode import CaptionDecoder
@@ -219,38 +225,110 @@ class Runtime:
 
         `vocabulary`: the class names to label with; None means the caption's objects. `caption`: a
         description of the frame whose priors guide the segmenter; None asks the build's captioner
-        (synchronously, from the same tower pass), and a build without one then needs a vocabulary."""
+        (synchronously, from the same tower pass), and a build without one then needs a vocabulary.
+
+        With asynchronous captioning on (`start_captioning()`, `load(..., captioning=CaptionPolicy())`)
+        and caption=None, the frame's image embeddings go to the caption worker when the policy says so, and
+        the newest published caption is used without waiting; only before the first caption does
+        first_frame="wait" wait for it ("vocabulary": segment with the vocabulary alone). The result's
+        `caption_frame` / `caption_age_s` say which frame's caption was used and how old it is.
+        Call segment() from one thread at a time: the engines are not safe for concurrent runs."""
         t0 = time.perf_counter()
         if vocabulary is not None:
             check_vocabulary(vocabulary)
         if caption is not None and not isinstance(caption, str):
             raise RuntimeInputError(f"caption must be a str, got {type(caption).__name__}")
-        if vocabulary is None and caption is None and self.captioner is None:
+        if vocabulary is None and caption is None and self.captioner is None and self.captioning is None:
             raise RuntimeInputError("pass vocabulary=[class names], caption='a description of the frame', or both "
                                     "(this build has no captioner)")
         image = self.encode_image(frame)
-        t_caption = None
-        if caption is None and self.captioner is not None:
+        index, self.frames = self.frames, self.frames + 1
+        t_caption = caption_frame = caption_age = None
+        caption_key = "caption"  # async mode: "caption_wait", the time segment() spent on the captioner
+        from_captioner = False
+        if caption is None and self.captioning is not None:
+            t2 = time.perf_counter()
+            published = self._async_caption(index, image, vocabulary is not None)
+            t_caption, caption_key = _ms(t2), "caption_wait"  # ~0 except while waiting for the first caption
+            if published is not None:
+                caption, caption_frame, from_captioner = published.text, published.frame, True
+                caption_age = max(0.0, self.captioning.clock() - published.captured_at)
+        elif caption is None and self.captioner is not None:
             t2 = time.perf_counter()
             caption = self.caption(image).text
             t_caption = _ms(t2)
+            caption_frame, caption_age, from_captioner = index, 0.0, True
         t1 = time.perf_counter()
-        priors = self.parse_caption(caption) if caption is not None else None
+        if caption is not None and self.captioning is not None and from_captioner:
+            # The same caption serves many frames: parse it once.
+            if self._parsed is None or self._parsed[0] != caption:
+                self._parsed = (caption, self.parse_caption(caption))
+            priors = self._parsed[1]
+        else:
+            priors = self.parse_caption(caption) if caption is not None else None
         t_parse = _ms(t1)
-        if vocabulary is None and t_caption is not None and not priors.objects:
+        extra = {"frame": index, "caption_frame": caption_frame, "caption_age_s": caption_age}
+        if vocabulary is None and from_captioner and not priors.objects:
             # The captioner named nothing: there is no class to label with. A camera loop must not stop
             # on that, so every pixel is -1 (unlabeled) and the caller sees the caption that caused it.
             log.warning("the caption %r names no objects and no vocabulary was given: frame left unlabeled", caption)
-            timings = {**image.timings, "caption": t_caption, "parse": t_parse, "total": _ms(t0)}
+            timings = {**image.timings, caption_key: t_caption, "parse": t_parse, "total": _ms(t0)}
             return Segmentation(np.full(image.frame_size, -1, np.int32), [], np.zeros(0, np.float32), caption,
-                                priors, timings)
+                                priors, timings, **extra)
         emb = self.embed(priors, vocabulary)
         seg = self.decode(image, emb, caption, priors)
+        for key, value in extra.items():
+            setattr(seg, key, value)
         seg.timings["parse"] = t_parse
         if t_caption is not None:
-            seg.timings["caption"] = t_caption
+            seg.timings[caption_key] = t_caption
         seg.timings["total"] = _ms(t0)
         return seg
+
+    # -- asynchronous captioning ---------------------------------------------------------------------
+    def _async_caption(self, index: int, image: ImageFeatures, has_vocabulary: bool):
+        from runtime.captioning import pooled_signature
+
+        def payload() -> ImageFeatures:  # what the worker gets: image embeddings, not the frame
+            return ImageFeatures(image.frame_size, None, None, image.image_embeds,
+                                 {"vision": image.timings.get("vision", 0.0)})
+
+        published, _ = self.captioning.step(index, payload, pooled_signature(image.vision_hidden_states))
+        if published is None and not has_vocabulary:
+            err = self.captioning.worker.last_error
+            raise RuntimeInputError(
+                "no caption is ready for this frame and no vocabulary was given: pass vocabulary=[...], or use "
+                "first_frame='wait'" + (f" (the captioner failed: {type(err).__name__}: {err})" if err else ""))
+        if published is None:
+            log.info("no caption yet: frame %d is segmented with the vocabulary alone", index)
+        return published
+
+    def start_captioning(self, policy=None, caption_fn=None, question: str | None = None, **options: Any):
+        """Caption asynchronously from now on (see runtime.captioning): one worker thread runs the
+        captioner's embed/decoder engines on the image embeddings segment() hands it, per `policy`
+        (a CaptionPolicy; default CaptionPolicy()). `caption_fn(ImageFeatures) -> Caption | str`
+        replaces the build's captioner (default: `self.caption(features, question, **options)`).
+        Do not call caption() while it runs. Returns the AsyncCaptioner; stop with stop_captioning()
+        or close()."""
+        from runtime.captioning import AsyncCaptioner, CaptionPolicy
+
+        if caption_fn is None:
+            if self.captioner is None:
+                raise RuntimeInputError("this build has no captioner to run asynchronously: pass caption_fn=...")
+
+            def caption_fn(features: ImageFeatures):
+                return self.caption(features, question, **options)
+
+        self.stop_captioning()
+        self._parsed = None
+        self.captioning = AsyncCaptioner(caption_fn, policy or CaptionPolicy()).start()
+        return self.captioning
+
+    def stop_captioning(self, timeout: float | None = 10.0) -> None:
+        """Stop and join the caption worker (no-op when asynchronous captioning is off)."""
+        captioning, self.captioning = self.captioning, None
+        if captioning is not None:
+            captioning.stop(timeout)
 
     # -- lifetime ------------------------------------------------------------------------------------
     def warmup(self) -> None:
@@ -261,8 +339,10 @@ class Runtime:
         load_nlp(self.parser_model)
         size = int(self.pre[SEGMENTER.component]["size"])
         self.segment(np.zeros((size, size, 3), np.uint8), vocabulary=["object"])
+        self.frames = 0  # the caller's first frame is frame 0
 
     def close(self) -> None:
+        self.stop_captioning()
         for engine in self.engines.values():
             engine.close()
 
@@ -293,13 +373,15 @@ def check_vocabulary(vocabulary: Sequence[str]) -> list[str]:
 
 def load(path: str | Path, backend: str | None = None, threads: int | None = None,
          cache_size: int = 4096, map_threshold: float = 0.5, parser_model: str | None = None,
-         warmup: bool = True, **engine_options: Any) -> Runtime:
+         warmup: bool = True, captioning=None, **engine_options: Any) -> Runtime:
     """Validate an artifact folder (manifest, hashes, format version) and open it on `backend`.
 
     `backend=None` takes the folder's recorded backend where it is installed, else ONNX Runtime.
     `cache_size`: phrases kept in the text-embedding cache. `map_threshold`: cosine similarity above
     which a caption object is taken for a vocabulary class. `parser_model`: a spaCy pipeline name
-    (default: the one the build recorded). `warmup`: load the parser and run each engine once now."""
+    (default: the one the build recorded). `warmup`: load the parser and run each engine once now.
+    `captioning`: a runtime.captioning.CaptionPolicy turns on asynchronous captioning (after the warmup);
+    None (default) keeps segment() captioning synchronously."""
     folder = Path(path)
     if backend is not None and backend not in BACKENDS:
         raise EngineError(f"unknown backend '{backend}': choose one of {', '.join(BACKENDS)}")
@@ -328,6 +410,8 @@ def load(path: str | Path, backend: str | None = None, threads: int | None = Non
                      parser_model=parser_model)
         if warmup:
             rt.warmup()
+        if captioning is not None:
+            rt.start_captioning(captioning)
     except BaseException:
         for engine in engines.values():  # sessions and device buffers opened before the failure
             engine.close()
