@@ -136,7 +136,7 @@ class Runtime:
         vocabulary (open vocabulary without candidate classes). With one, each prior object is mapped to
         the nearest class name (cosine >= `map_threshold`) and keyed by that name's embedding, so the
         caption's "puppy" steers queries to the class "dog"; unmapped objects keep their own embedding."""
-        from runtime.vocabulary import map_to_vocabulary
+        from runtime.vocabulary import prior_arrays
 
         t0 = time.perf_counter()
         hits0, misses0 = self.text_cache.hits, self.text_cache.misses
@@ -158,26 +158,9 @@ class Runtime:
         if len(objects) > max_priors:
             log.warning("caption has %d objects; keeping the first %d this build takes", len(objects), max_priors)
             objects = objects[:max_priors]
-        K = max(len(objects), 1)  # the graph takes at least one prior slot: padding, masked out
         vocab = self.encode_text(classes)
-        names = [o.name for o in objects]
-        attrs = [" ".join(o.attributes) for o in objects]
-        obj = np.zeros((K, self.text_dim), np.float32)
-        att = np.zeros((K, self.text_dim), np.float32)
-        valid = np.zeros((K,), np.float32)
-        relation = np.zeros((K, K), np.float32)
-        mapping: list[int | None] = []
-        if objects:
-            mapping = map_to_vocabulary(names, classes, self.encode_text, self.map_threshold)
-            keys = [classes[m] if m is not None else n for n, m in zip(names, mapping)]
-            obj[:len(objects)] = self.encode_text(keys)
-            with_attr = [i for i, a in enumerate(attrs) if a]
-            if with_attr:
-                att[with_attr] = self.encode_text([attrs[i] for i in with_attr])
-            valid[:len(objects)] = 1.0
-            graph = priors.relation_graph()
-            n = len(objects)
-            relation[:n, :n] = graph[:n, :n]
+        obj, att, valid, relation, mapping = prior_arrays(priors, classes, self.encode_text, self.text_dim,
+                                                          self.map_threshold, max_priors)
         looked = (self.text_cache.hits - hits0) + (self.text_cache.misses - misses0)
         timings = {"text": _ms(t0), "text_cache_hit_rate": ((self.text_cache.hits - hits0) / looked) if looked else 1.0}
         return PriorEmbeddings(classes, vocab, obj, att, valid, relation, mapping, timings)

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["CachedEncoder", "map_to_vocabulary", "open_vocabulary", "cosine_similarity"]
+__all__ = ["CachedEncoder", "map_to_vocabulary", "open_vocabulary", "cosine_similarity", "prior_arrays"]
 
 Encode = Callable[[list[str]], np.ndarray]
 
@@ -159,3 +159,34 @@ def map_to_vocabulary(priors: Any, vocabulary: Sequence[str] | None, embed: Enco
         if sims[row, best[row]] >= threshold:
             result[k] = int(best[row])
     return result
+
+
+def prior_arrays(priors: Any, classes: Sequence[str], embed: Encode, dim: int, threshold: float = 0.5,
+                 max_priors: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[int | None]]:
+    """The segmenter's prior inputs for one caption: objects (K, E), attributes (K, E), valid (K,),
+    relation (K, K) and each object's vocabulary index (or None), K = max(objects, 1); only the first
+    `max_priors` objects (and the relations among them) are kept.
+
+    Each object is mapped to the nearest class name (`map_to_vocabulary`) and keyed by that name's
+    embedding, so "puppy" steers queries to "dog"; an unmapped object keeps its own. An object's
+    attributes are one phrase ("small red"); no attribute is a zero row. The runtime and training both
+    build their inputs here, so a model is trained on exactly what it is fed when deployed."""
+    objects = list(priors.objects)[:max_priors] if priors is not None else []
+    K = max(len(objects), 1)  # the graph takes at least one prior slot: padding, masked out
+    obj = np.zeros((K, dim), np.float32)
+    att = np.zeros((K, dim), np.float32)
+    valid = np.zeros((K,), np.float32)
+    relation = np.zeros((K, K), np.float32)
+    if not objects:
+        return obj, att, valid, relation, []
+    names = [o.name for o in objects]
+    attrs = [" ".join(o.attributes) for o in objects]
+    mapping = map_to_vocabulary(names, classes, embed, threshold)
+    obj[:len(objects)] = embed([classes[m] if m is not None else n for n, m in zip(names, mapping)])
+    with_attr = [i for i, a in enumerate(attrs) if a]
+    if with_attr:
+        att[with_attr] = embed([attrs[i] for i in with_attr])
+    valid[:len(objects)] = 1.0
+    n = len(objects)
+    relation[:n, :n] = priors.relation_graph()[:n, :n]
+    return obj, att, valid, relation, mapping
