@@ -12,7 +12,9 @@ Parts (each usable alone):
 - `CaptionWorker`: one daemon thread that captions the most recent payload it was handed, never a backlog.
   A newer `submit()` replaces a pending one, so the worker lags by at most one request. Each result is
   published as a `PublishedCaption` (sequence number, the frame index and the time it was captured from).
-  A caption function that raises is logged and counted; the last published caption stays.
+  A caption function that raises is logged and counted; the last published caption stays. One that runs
+  past `timeout_s` is logged while it runs and its result is dropped when it returns (counted as a
+  timeout): the last published caption stays, and no second caption starts beside it (one thread).
 - `CaptionScheduler`: the refresh policy, deciding per frame whether to submit it: every N frames, every
   T seconds, or on a scene change measured on the vision-tower features the frame already has (cosine
   distance between mean-pooled hidden states of the frame and of the frame last submitted).
@@ -21,8 +23,8 @@ Parts (each usable alone):
 Threads: the worker runs only the caption function (for a Runtime: the captioner's embed/decoder
 engines, on image embeddings that `segment()` already computed in its one tower pass), the calling thread
 runs the vision tower, text encoder and segmenter. Engines are not guaranteed safe for concurrent runs of
-the same engine, so `segment()` must be called from one thread at a time, and `Runtime.caption()` should not
-be called while asynchronous captioning runs (it would share the worker's engines).
+the same engine, so the Runtime serializes `segment()` calls with one lock and `caption()` calls (the
+worker's included) with another.
 """
 from __future__ import annotations
 
@@ -50,8 +52,10 @@ class CaptionPolicy:
     vision features of the frame and of the last submitted frame reaches this (None: off).
     `first_frame`: until the first caption exists, "wait" blocks `segment()` for it (at most
     `first_wait_s` seconds, None: no limit); "vocabulary" segments with the vocabulary alone (an error
-    when no vocabulary was passed). `timeout_s`: a caption running longer than this is logged as stalled
-    (segmentation goes on with the last priors; a thread cannot be cancelled, so it is not killed)."""
+    when no vocabulary was passed). `timeout_s`: a caption running longer than this times out: it is
+    logged while it runs, and its result is dropped when it returns (it describes a frame older than
+    the timeout allows); segmentation goes on with the last priors meanwhile. A thread cannot be
+    cancelled, so the caption is not killed, and no other caption starts until it returns."""
 
     every_frames: int | None = 30
     every_seconds: float | None = None
@@ -87,6 +91,10 @@ class PublishedCaption:
         return self.caption if isinstance(self.caption, str) else self.caption.text
 
 
+class CaptionTimeout(TimeoutError):
+    """A caption took longer than the policy's timeout_s; its result was dropped."""
+
+
 @dataclass
 class _Request:
     payload: Any
@@ -99,11 +107,12 @@ class CaptionWorker:
     """One daemon thread captioning the newest submission (latest-frame policy, no backlog).
 
     `caption_fn(payload)` returns a Caption (anything with `.text`) or a str. `clock`: the time source for
-    `captured_at`/`published_at` (time.monotonic). Use as a context manager or call start()/stop()."""
+    `captured_at`/`published_at` (time.monotonic). `timeout_s`: a caption that took longer is dropped
+    (counted in `timeouts`, `last_error` a CaptionTimeout). Use as a context manager or start()/stop()."""
 
     def __init__(self, caption_fn: Callable[[Any], Any], clock: Callable[[], float] = time.monotonic,
-                 name: str = "caption-worker"):
-        self.caption_fn, self.clock, self.name = caption_fn, clock, name
+                 name: str = "caption-worker", timeout_s: float | None = None):
+        self.caption_fn, self.clock, self.name, self.timeout_s = caption_fn, clock, name, timeout_s
         self._cond = threading.Condition()
         self._pending: _Request | None = None
         self._running: _Request | None = None
@@ -111,7 +120,7 @@ class CaptionWorker:
         self._latest: PublishedCaption | None = None
         self._stopping = False
         self._thread: threading.Thread | None = None
-        self.submitted = self.replaced = self.completed = self.errors = 0
+        self.submitted = self.replaced = self.completed = self.errors = self.timeouts = 0
         self.last_error: BaseException | None = None
 
     # -- lifetime ------------------------------------------------------------------------------------
@@ -173,6 +182,12 @@ class CaptionWorker:
         with self._cond:
             return self._pending is None and self._running is None
 
+    @property
+    def pending_frame(self) -> int | None:
+        """The frame of the request waiting to start (at most one: the newest), or None."""
+        with self._cond:
+            return None if self._pending is None else self._pending.frame
+
     def running_for(self) -> tuple[int, float] | None:
         """(frame, seconds) of the caption in progress, or None."""
         with self._cond:
@@ -203,6 +218,7 @@ class CaptionWorker:
                     return
                 req, self._pending = self._pending, None
                 self._running, self._running_since = req, self.clock()
+                started = self._running_since
             try:
                 result = self.caption_fn(req.payload)
                 if not isinstance(result, str) and not isinstance(getattr(result, "text", None), str):
@@ -213,6 +229,18 @@ class CaptionWorker:
                 with self._cond:
                     self.errors += 1
                     self.last_error = exc
+                    self._running = self._running_since = None
+                    self._cond.notify_all()
+                continue
+            took = self.clock() - started
+            if self.timeout_s is not None and took > self.timeout_s:
+                log.warning("the caption of frame %d took %.1f s, over the %s s timeout: dropped; segmentation "
+                            "keeps the last priors (raise CaptionPolicy.timeout_s if captions are this slow)",
+                            req.frame, took, self.timeout_s)
+                with self._cond:
+                    self.timeouts += 1
+                    self.last_error = CaptionTimeout(f"the caption of frame {req.frame} took {took:.1f} s, over "
+                                                     f"the {self.timeout_s} s timeout")
                     self._running = self._running_since = None
                     self._cond.notify_all()
                 continue
@@ -280,7 +308,7 @@ class AsyncCaptioner:
         self.policy = policy or CaptionPolicy()
         self.clock = clock
         self.scheduler = CaptionScheduler(self.policy)
-        self.worker = CaptionWorker(caption_fn, clock=clock)
+        self.worker = CaptionWorker(caption_fn, clock=clock, timeout_s=self.policy.timeout_s)
         self._warned_stall: int | None = None
 
     def start(self) -> "AsyncCaptioner":
@@ -317,5 +345,5 @@ class AsyncCaptioner:
         running = self.worker.running_for()
         if running is not None and running[1] > self.policy.timeout_s and self._warned_stall != running[0]:
             self._warned_stall = running[0]
-            log.warning("the captioner has run %.1f s on frame %d (timeout %s s); segmenting with the last "
-                        "priors", running[1], running[0], self.policy.timeout_s)
+            log.warning("the captioner has run %.1f s on frame %d (timeout %s s): its caption will be dropped; "
+                        "segmenting with the last priors", running[1], running[0], self.policy.timeout_s)

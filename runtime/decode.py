@@ -24,6 +24,7 @@ import numpy as np
 
 from engines.base import Engine
 from models.names import CAPTIONER_DECODER, CAPTIONER_EMBED, CAPTIONER_VISION
+from runtime.profiling import nvtx_range
 
 DEFAULT_MAX_NEW_TOKENS = 64
 
@@ -236,21 +237,22 @@ class CaptionDecoder:
         d = CAPTIONER_DECODER
 
         start = time.perf_counter()
-        is_image = ids == self.image_token_id
-        # Image tokens are looked up as id 0 and then overwritten: their own row may not exist in the table.
-        embeds = self._embed(np.where(is_image, 0, ids)[None])
-        embeds[0, is_image] = image_embeds[0].astype(embeds.dtype, copy=False)
-        out = self.prefill({d.inputs_embeds: embeds,
-                            d.attention_mask: np.concatenate([[0], np.ones(L, np.int64)])[None].astype(np.int64),
-                            d.position_ids: np.arange(L, dtype=np.int64)[None],
-                            **{n: self._empty_past for n in self.past_names}})
-        cache = KVCache(self.past_names, self.kv_heads, self.head_dim, max(1, L + budget - 1), self.kv_dtype)
-        cache.write([out[n] for n in self.present_names], 0)
-        seen = None
-        if repetition_penalty != 1.0:   # as transformers does: over every id so far, prompt included
-            seen = np.zeros(out[d.logits].shape[-1], bool)
-            seen[ids] = True
-        token = self._select(out[d.logits], seen, repetition_penalty)
+        with nvtx_range("caption_prefill"):  # Nsight Systems rows; no-ops without NVTX
+            is_image = ids == self.image_token_id
+            # Image tokens are looked up as id 0 and then overwritten: their own row may not exist in the table.
+            embeds = self._embed(np.where(is_image, 0, ids)[None])
+            embeds[0, is_image] = image_embeds[0].astype(embeds.dtype, copy=False)
+            out = self.prefill({d.inputs_embeds: embeds,
+                                d.attention_mask: np.concatenate([[0], np.ones(L, np.int64)])[None].astype(np.int64),
+                                d.position_ids: np.arange(L, dtype=np.int64)[None],
+                                **{n: self._empty_past for n in self.past_names}})
+            cache = KVCache(self.past_names, self.kv_heads, self.head_dim, max(1, L + budget - 1), self.kv_dtype)
+            cache.write([out[n] for n in self.present_names], 0)
+            seen = None
+            if repetition_penalty != 1.0:   # as transformers does: over every id so far, prompt included
+                seen = np.zeros(out[d.logits].shape[-1], bool)
+                seen[ids] = True
+            token = self._select(out[d.logits], seen, repetition_penalty)
         prefill_s = time.perf_counter() - start
 
         generated, decode_s = [token], []
@@ -258,17 +260,18 @@ class CaptionDecoder:
         mask[0, :L] = 1
         mask[0, -1] = 1
         position = np.zeros((1, 1), np.int64)
-        while token not in self.stop_ids and len(generated) < budget:
-            start = time.perf_counter()
-            n = L + len(generated) - 1                          # the fed token's position and cache slot
-            position[0, 0] = n
-            out = self.decoder({d.inputs_embeds: self._embed(np.array([[token]], np.int64)),
-                                d.attention_mask: mask, d.position_ids: position, **cache.buffers})
-            cache.write([out[name] for name in self.present_names], n)
-            mask[0, n] = 1
-            token = self._select(out[d.logits], seen, repetition_penalty)
-            generated.append(token)
-            decode_s.append(time.perf_counter() - start)
+        with nvtx_range("caption_decode"):
+            while token not in self.stop_ids and len(generated) < budget:
+                start = time.perf_counter()
+                n = L + len(generated) - 1                          # the fed token's position and cache slot
+                position[0, 0] = n
+                out = self.decoder({d.inputs_embeds: self._embed(np.array([[token]], np.int64)),
+                                    d.attention_mask: mask, d.position_ids: position, **cache.buffers})
+                cache.write([out[name] for name in self.present_names], n)
+                mask[0, n] = 1
+                token = self._select(out[d.logits], seen, repetition_penalty)
+                generated.append(token)
+                decode_s.append(time.perf_counter() - start)
 
         if token in self.stop_ids:
             generated.pop()

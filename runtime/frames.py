@@ -1,4 +1,10 @@
-"""Frame checks, preprocessing and postprocessing in numpy/OpenCV (no torch on the deployment path)."""
+"""Frame checks, preprocessing and postprocessing in numpy/OpenCV (no torch on the deployment path).
+
+Frame policy: `segment()` and `visualize()` take H x W x 3 RGB only and refuse grayscale and 4-channel
+frames with a FrameError, because a 4-channel array may be RGBA or BGRA and a guess would swap colors
+silently. `to_rgb(frame, order)` converts what capture devices deliver (gray, BGR, BGRA, RGBA) when the
+caller says which order it is in; the camera loop uses it on every OpenCV frame (order "bgr").
+"""
 from __future__ import annotations
 
 from typing import Sequence
@@ -20,12 +26,13 @@ def check_frame(frame: object) -> np.ndarray:
         raise FrameError(f"frame must be a numpy array (H x W x 3 uint8 RGB), got {type(frame).__name__}")
     if frame.ndim == 2:
         raise FrameError(f"frame is 2-D {frame.shape} (grayscale?): pass H x W x 3 RGB, e.g. "
-                         f"cv2.cvtColor(frame, cv2.COLOR_GRAY2RGB)")
+                         f"runtime.frames.to_rgb(frame) or cv2.cvtColor(frame, cv2.COLOR_GRAY2RGB)")
     if frame.ndim != 3:
         raise FrameError(f"frame must be H x W x 3 (RGB), got shape {frame.shape}")
     if frame.shape[2] != 3:
-        hint = " (RGBA? use cv2.cvtColor(frame, cv2.COLOR_RGBA2RGB))" if frame.shape[2] == 4 else ""
-        raise FrameError(f"frame must have 3 channels (RGB), got {frame.shape[2]}{hint}")
+        hint = {1: " (grayscale? use runtime.frames.to_rgb(frame))",
+                4: " (RGBA? use runtime.frames.to_rgb(frame, 'rgba'), or 'bgra' for OpenCV's order)"}
+        raise FrameError(f"frame must have 3 channels (RGB), got {frame.shape[2]}{hint.get(frame.shape[2], '')}")
     if frame.shape[0] == 0 or frame.shape[1] == 0:
         raise FrameError(f"frame is empty: shape {frame.shape}")
     if frame.dtype == np.uint8:
@@ -39,6 +46,36 @@ def check_frame(frame: object) -> np.ndarray:
                              f"for 0-255 data pass frame.astype(np.uint8)")
         return (frame * 255.0 + 0.5).astype(np.uint8)
     raise FrameError(f"frame dtype must be uint8 (or float32/float64 in [0, 1]), got {frame.dtype}")
+
+
+ORDERS = ("rgb", "bgr", "rgba", "bgra")
+_TO_RGB = {("bgr", 3): cv2.COLOR_BGR2RGB, ("rgba", 4): cv2.COLOR_RGBA2RGB, ("bgra", 4): cv2.COLOR_BGRA2RGB,
+           ("bgr", 4): cv2.COLOR_BGRA2RGB, ("rgb", 4): cv2.COLOR_RGBA2RGB}
+
+
+def to_rgb(frame: np.ndarray, order: str = "rgb") -> np.ndarray:
+    """Any uint8 frame a camera or file gives -> H x W x 3 uint8 RGB (a new array unless it already is).
+
+    `order`: the channel order of 3/4-channel frames: "rgb", "bgr" (OpenCV), "rgba" or "bgra"; an alpha
+    channel is dropped (not blended). Gray frames (H x W or H x W x 1) are replicated to 3 channels. Other
+    shapes and dtypes raise FrameError as in check_frame()."""
+    if order not in ORDERS:
+        raise FrameError(f"order must be one of {ORDERS}, got {order!r}")
+    if not isinstance(frame, np.ndarray):
+        raise FrameError(f"frame must be a numpy array, got {type(frame).__name__}")
+    if frame.dtype != np.uint8:
+        raise FrameError(f"to_rgb converts uint8 frames, got {frame.dtype}: pass uint8 0-255 data")
+    if frame.size == 0:
+        raise FrameError(f"frame is empty: shape {frame.shape}")
+    if frame.ndim == 3 and frame.shape[2] == 1:
+        frame = frame[..., 0]
+    if frame.ndim == 2:
+        return cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_GRAY2RGB)
+    if frame.ndim == 3 and frame.shape[2] in (3, 4):
+        channels = frame.shape[2]
+        code = _TO_RGB.get((order if channels == 4 else order[:3], channels))  # "bgra" on 3 channels: "bgr"
+        return frame if code is None else cv2.cvtColor(np.ascontiguousarray(frame), code)
+    return check_frame(frame)  # raises with the message for this shape
 
 
 def to_tensor(frame: np.ndarray, size: int, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
@@ -63,7 +100,8 @@ def semantic_map(mask_logits: np.ndarray, class_logits: np.ndarray,
     per class in [0, 1]: the class's share of the total score, averaged over the pixels it wins (0 where
     it wins none)."""
     probs = _softmax(class_logits.astype(np.float32), -1)[:, :-1]                 # (Q, V)
-    sig = 1.0 / (1.0 + np.exp(-mask_logits.astype(np.float32)))                 # (Q, h, w)
+    # Clipped: a trained model's logits reach -100 and beyond, where exp overflows float32 (sigmoid is 0 anyway).
+    sig = 1.0 / (1.0 + np.exp(-np.clip(mask_logits.astype(np.float32), -60.0, 60.0)))   # (Q, h, w)
     Q, h, w = sig.shape
     scores = (probs.T @ sig.reshape(Q, h * w)).reshape(-1, h, w)                  # (V, h, w)
     V = scores.shape[0]

@@ -8,10 +8,15 @@ run only the image side per frame:
     embed(priors, vocabulary) -> PriorEmbeddings  text encoder behind a phrase cache
     decode(features, embeddings) -> Segmentation
     segment(frame, vocabulary=None, caption=None) composes them.
+
+Threads: `segment()` takes a per-Runtime lock, so calls from several threads are safe and run one at a
+time (no speed-up: use one Runtime per thread for parallel work). The stage calls above take no lock.
+Profiling: set `rt.profiler = runtime.profiling.Profiler()` to record every stage as a span.
 """
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +28,7 @@ from engines.base import BACKENDS, Engine, EngineError, backend_importable, crea
 from engines.manifest import read_manifest
 from models.names import CAPTIONER_DECODER, CAPTIONER_EMBED, CAPTIONER_VISION, SEGMENTER, TEXT_ENCODER, VISION_TOWER
 from runtime.frames import check_frame, semantic_map, to_tensor
+from runtime.profiling import NULL_SPAN
 
 log = logging.getLogger("llmformer_edge")
 
@@ -97,7 +103,11 @@ class Runtime:
         self.vision_name = CAPTIONER_VISION.component if CAPTIONER_VISION.component in engines else VISION_TOWER.component
         self.frames = 0                  # frames segmented so far
         self.captioning = None           # runtime.captioning.AsyncCaptioner while asynchronous captioning runs
-        self._parsed: tuple[str, Any] | None = None
+        self.profiler = None             # a runtime.profiling.Profiler records each stage as a span
+        self._caption_newest = None      # async: (PublishedCaption, Priors) of the newest caption, parsed once
+        self._caption_usable = None      # async: the same for the newest caption that names objects
+        self._segment_lock = threading.Lock()
+        self._caption_lock = threading.Lock()
         self.captioner = None
         if manifest.get("captioner"):
             from runtime.decode import CaptionDecoder
@@ -131,11 +141,19 @@ class Runtime:
 
         return parse(caption, nlp=load_nlp(self.parser_model))
 
+    def _span(self, name: str):
+        """A profiler span for one stage, or a shared no-op when profiling is off."""
+        return NULL_SPAN if self.profiler is None else self.profiler.span(name)
+
     def embed(self, priors, vocabulary: Sequence[str] | None) -> PriorEmbeddings:
         """Embeddings of the priors and the vocabulary. With no vocabulary the priors' objects are the
         vocabulary (open vocabulary without candidate classes). With one, each prior object is mapped to
         the nearest class name (cosine >= `map_threshold`) and keyed by that name's embedding, so the
         caption's "puppy" steers queries to the class "dog"; unmapped objects keep their own embedding."""
+        with self._span("text"):
+            return self._embed(priors, vocabulary)
+
+    def _embed(self, priors, vocabulary: Sequence[str] | None) -> PriorEmbeddings:
         from runtime.vocabulary import prior_arrays
 
         t0 = time.perf_counter()
@@ -168,25 +186,44 @@ class Runtime:
     # -- image side ----------------------------------------------------------------------------------
     def encode_image(self, frame: np.ndarray) -> ImageFeatures:
         t0 = time.perf_counter()
-        rgb = check_frame(frame)
-        v, s = self.pre[VISION_TOWER.component], self.pre[SEGMENTER.component]
-        pixels = to_tensor(rgb, v["size"], v["mean"], v["std"])
-        seg_in = to_tensor(rgb, s["size"], s["mean"], s["std"])
+        with self._span("preprocess"):
+            rgb = check_frame(frame)
+            v, s = self.pre[VISION_TOWER.component], self.pre[SEGMENTER.component]
+            pixels = to_tensor(rgb, v["size"], v["mean"], v["std"])
+            seg_in = to_tensor(rgb, s["size"], s["mean"], s["std"])
         t_pre = _ms(t0)
         t1 = time.perf_counter()
-        out = self.engines[self.vision_name]({VISION_TOWER.inputs[0]: pixels})
+        with self._span("vision"):
+            out = self.engines[self.vision_name]({VISION_TOWER.inputs[0]: pixels})
         return ImageFeatures(rgb.shape[:2], seg_in, out[VISION_TOWER.outputs[0]], out.get(CAPTIONER_VISION.outputs[0]),
                              {"preprocess": t_pre, "vision": _ms(t1)})
 
     def caption(self, frame: np.ndarray | ImageFeatures, question: str | None = None, **options: Any):
         """Describe the frame with the captioner (greedy; `options`: max_new_tokens, repetition_penalty).
-        Pass the ImageFeatures of `encode_image` to reuse its tower pass. Returns runtime.decode.Caption."""
+        Pass the ImageFeatures of `encode_image` to reuse its tower pass. Returns runtime.decode.Caption.
+        Thread-safe: captions run one at a time (the caption worker's included), and a frame's tower pass
+        is serialized with segment()'s."""
         if self.captioner is None:
             raise RuntimeInputError("this build has no captioner: rebuild with one (the demo preset has a tiny "
                                     "one; others take --captioner DIR), or pass caption=...")
-        image = frame if isinstance(frame, ImageFeatures) else self.encode_image(frame)
-        return self.captioner.caption_embeds(image.image_embeds, question, vision_s=image.timings["vision"] / 1000,
-                                             **options)
+        if isinstance(frame, ImageFeatures):
+            image = frame
+        else:
+            with self._segment_lock:
+                image = self.encode_image(frame)
+        with self._caption_lock:
+            return self.captioner.caption_embeds(image.image_embeds, question,
+                                                 vision_s=image.timings["vision"] / 1000, **options)
+
+    def _traced(self, caption_fn, payload):
+        """caption_fn(payload) inside a "caption" span, with prefill/decode spans from its Caption."""
+        prof = self.profiler
+        if prof is None:
+            return caption_fn(payload)
+        with prof.span("caption") as span:
+            result = caption_fn(payload)
+        prof.record_caption(span.start, result)
+        return result
 
     def decode(self, image: ImageFeatures, emb: PriorEmbeddings, caption: str | None = None,
                priors=None) -> Segmentation:
@@ -194,29 +231,38 @@ class Runtime:
         feeds = dict(zip(SEGMENTER.inputs, (
             image.segmenter_input, image.vision_hidden_states, emb.objects[None], emb.attributes[None],
             emb.valid[None], emb.relation[None], emb.vocabulary)))
-        out = self.engines[SEGMENTER.component](feeds)
+        with self._span("segment"):
+            out = self.engines[SEGMENTER.component](feeds)
         t_seg = _ms(t0)
         t1 = time.perf_counter()
-        masks, classes = out[SEGMENTER.outputs[0]][0], out[SEGMENTER.outputs[1]][0]
-        labels, scores = semantic_map(masks, classes, image.frame_size)
+        with self._span("postprocess"):
+            masks, classes = out[SEGMENTER.outputs[0]][0], out[SEGMENTER.outputs[1]][0]
+            labels, scores = semantic_map(masks, classes, image.frame_size)
         timings = {**image.timings, **emb.timings, "segment": t_seg, "postprocess": _ms(t1)}
         return Segmentation(labels, list(emb.classes), scores, caption, priors, timings, masks, classes)
 
     def segment(self, frame: np.ndarray, vocabulary: Sequence[str] | None = None,
                 caption: str | None = None) -> Segmentation:
-        """Segment one H x W x 3 uint8 RGB frame.
+        """Segment one H x W x 3 uint8 RGB frame (any size; each frame may differ: labels come back at the
+        frame's own size). Grayscale and RGBA frames are refused with a FrameError: convert them with
+        runtime.frames.to_rgb() (the camera loop does).
 
-        `vocabulary`: the class names to label with; None means the caption's objects. `caption`: a
-        description of the frame whose priors guide the segmenter; None asks the build's captioner
-        (synchronously, from the same tower pass), and a build without one then needs a vocabulary.
+        `vocabulary`: the class names to label with; None means the caption's objects. It may change from
+        one call to the next. `caption`: a description of the frame whose priors guide the segmenter; None
+        asks the build's captioner (synchronously, from the same tower pass), and a build without one then
+        needs a vocabulary.
 
         With asynchronous captioning on (`start_captioning()`, `load(..., captioning=CaptionPolicy())`)
         and caption=None, the frame's image embeddings go to the caption worker when the policy says so, and
         the newest published caption is used without waiting; only before the first caption does
-        first_frame="wait" wait for it ("vocabulary": segment with the vocabulary alone). The result's
-        `caption_frame` / `caption_age_s` say which frame's caption was used and how old it is.
-        Call segment() from one thread at a time: the engines are not safe for concurrent runs."""
-        t0 = time.perf_counter()
+        first_frame="wait" wait for it ("vocabulary": segment with the vocabulary alone). A captioner that
+        fails or times out leaves the last caption in use. A caption that names no objects (an LLM's "It is
+        very nice.") gives no priors: with a vocabulary the frame is segmented with the vocabulary alone;
+        without one the newest caption that named objects stays in use, and before any did, the frame is
+        left unlabeled (-1). The result's `caption_frame` / `caption_age_s` say which frame's caption was
+        used and how old it is.
+
+        Thread-safe: concurrent calls are serialized by a lock (frame indices follow the order they ran in)."""
         if vocabulary is not None:
             check_vocabulary(vocabulary)
         if caption is not None and not isinstance(caption, str):
@@ -224,32 +270,40 @@ class Runtime:
         if vocabulary is None and caption is None and self.captioner is None and self.captioning is None:
             raise RuntimeInputError("pass vocabulary=[class names], caption='a description of the frame', or both "
                                     "(this build has no captioner)")
+        with self._segment_lock, self._span("total"):
+            return self._segment(frame, vocabulary, caption)
+
+    def _segment(self, frame: np.ndarray, vocabulary: Sequence[str] | None, caption: str | None) -> Segmentation:
+        t0 = time.perf_counter()
         image = self.encode_image(frame)
         index, self.frames = self.frames, self.frames + 1
         t_caption = caption_frame = caption_age = None
         caption_key = "caption"  # async mode: "caption_wait", the time segment() spent on the captioner
         from_captioner = False
-        if caption is None and self.captioning is not None:
+        priors, t_parse = None, 0.0
+        captioning = self.captioning  # one read: stop_captioning() from another thread may clear it
+        if caption is None and captioning is not None:
             t2 = time.perf_counter()
-            published = self._async_caption(index, image, vocabulary is not None)
-            t_caption, caption_key = _ms(t2), "caption_wait"  # ~0 except while waiting for the first caption
+            with self._span("caption_wait"):  # ~0 except while waiting for the first caption
+                published = self._async_caption(captioning, index, image, vocabulary is not None)
+            t_caption, caption_key = _ms(t2), "caption_wait"
             if published is not None:
-                caption, caption_frame, from_captioner = published.text, published.frame, True
-                caption_age = max(0.0, self.captioning.clock() - published.captured_at)
-        elif caption is None and self.captioner is not None:
-            t2 = time.perf_counter()
-            caption = self.caption(image).text
-            t_caption = _ms(t2)
-            caption_frame, caption_age, from_captioner = index, 0.0, True
-        t1 = time.perf_counter()
-        if caption is not None and self.captioning is not None and from_captioner:
-            # The same caption serves many frames: parse it once.
-            if self._parsed is None or self._parsed[0] != caption:
-                self._parsed = (caption, self.parse_caption(caption))
-            priors = self._parsed[1]
+                t1 = time.perf_counter()
+                used, priors = self._use_caption(published, vocabulary is not None)
+                t_parse = _ms(t1)
+                caption, caption_frame, from_captioner = used.text, used.frame, True
+                caption_age = max(0.0, captioning.clock() - used.captured_at)
         else:
-            priors = self.parse_caption(caption) if caption is not None else None
-        t_parse = _ms(t1)
+            if caption is None and self.captioner is not None:
+                t2 = time.perf_counter()
+                caption = self._traced(self.caption, image).text
+                t_caption = _ms(t2)
+                caption_frame, caption_age, from_captioner = index, 0.0, True
+            t1 = time.perf_counter()
+            if caption is not None:
+                with self._span("parse"):
+                    priors = self.parse_caption(caption)
+            t_parse = _ms(t1)
         extra = {"frame": index, "caption_frame": caption_frame, "caption_age_s": caption_age}
         if vocabulary is None and from_captioner and not priors.objects:
             # The captioner named nothing: there is no class to label with. A camera loop must not stop
@@ -269,16 +323,16 @@ class Runtime:
         return seg
 
     # -- asynchronous captioning ---------------------------------------------------------------------
-    def _async_caption(self, index: int, image: ImageFeatures, has_vocabulary: bool):
+    def _async_caption(self, captioning, index: int, image: ImageFeatures, has_vocabulary: bool):
         from runtime.captioning import pooled_signature
 
         def payload() -> ImageFeatures:  # what the worker gets: image embeddings, not the frame
             return ImageFeatures(image.frame_size, None, None, image.image_embeds,
                                  {"vision": image.timings.get("vision", 0.0)})
 
-        published, _ = self.captioning.step(index, payload, pooled_signature(image.vision_hidden_states))
+        published, _ = captioning.step(index, payload, pooled_signature(image.vision_hidden_states))
         if published is None and not has_vocabulary:
-            err = self.captioning.worker.last_error
+            err = captioning.worker.last_error
             raise RuntimeInputError(
                 "no caption is ready for this frame and no vocabulary was given: pass vocabulary=[...], or use "
                 "first_frame='wait'" + (f" (the captioner failed: {type(err).__name__}: {err})" if err else ""))
@@ -286,13 +340,27 @@ class Runtime:
             log.info("no caption yet: frame %d is segmented with the vocabulary alone", index)
         return published
 
+    def _use_caption(self, published, has_vocabulary: bool):
+        """The (PublishedCaption, Priors) to segment with, each caption parsed once: the newest caption; but
+        with no vocabulary, where it names no objects (nothing to label with), the newest one that did."""
+        if self._caption_newest is None or self._caption_newest[0].seq != published.seq:
+            with self._span("parse"):
+                self._caption_newest = (published, self.parse_caption(published.text))
+            if self._caption_newest[1].objects:
+                self._caption_usable = self._caption_newest
+            elif self._caption_usable is not None and not has_vocabulary:
+                log.warning("the caption of frame %d names no objects (%r): segmenting with the caption of "
+                            "frame %d", published.frame, published.text[:80], self._caption_usable[0].frame)
+        if has_vocabulary or self._caption_usable is None:
+            return self._caption_newest
+        return self._caption_usable
+
     def start_captioning(self, policy=None, caption_fn=None, question: str | None = None, **options: Any):
         """Caption asynchronously from now on (see runtime.captioning): one worker thread runs the
         captioner's embed/decoder engines on the image embeddings segment() hands it, per `policy`
         (a CaptionPolicy; default CaptionPolicy()). `caption_fn(ImageFeatures) -> Caption | str`
         replaces the build's captioner (default: `self.caption(features, question, **options)`).
-        Do not call caption() while it runs. Returns the AsyncCaptioner; stop with stop_captioning()
-        or close()."""
+        Returns the AsyncCaptioner; stop with stop_captioning() or close()."""
         from runtime.captioning import AsyncCaptioner, CaptionPolicy
 
         if caption_fn is None:
@@ -302,9 +370,13 @@ class Runtime:
             def caption_fn(features: ImageFeatures):
                 return self.caption(features, question, **options)
 
+        def traced(features: ImageFeatures):
+            return self._traced(caption_fn, features)
+
         self.stop_captioning()
-        self._parsed = None
-        self.captioning = AsyncCaptioner(caption_fn, policy or CaptionPolicy()).start()
+        with self._segment_lock:  # not while a segment() in another thread uses the caption state
+            self._caption_newest = self._caption_usable = None
+            self.captioning = AsyncCaptioner(traced, policy or CaptionPolicy()).start()
         return self.captioning
 
     def stop_captioning(self, timeout: float | None = 10.0) -> None:

@@ -59,7 +59,9 @@ def test_build_writes_manifest_with_hashes_specs_and_versions(demo_artifacts):
     priors = [s for s in m["components"]["segmenter"]["inputs"] if s["name"] == "object_embeddings"][0]
     assert priors["shape"][1] == "priors" and priors["min_shape"][1] == 1
     assert {"torch", "onnx", "onnxruntime", "transformers"} <= m["versions"].keys()
-    assert m["components"]["segmenter"]["random_weights"] is True
+    # The demo preset builds from its shipped trained weights (models/weights/demo).
+    assert not any(c["random_weights"] for c in m["components"].values())
+    assert m["preset"]["segmenter_weights"].endswith("segmenter.safetensors")
     assert not list(demo_artifacts.parent.glob(".*staging*")), "the staging folder must be cleaned up"
 
 

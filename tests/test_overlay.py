@@ -1,0 +1,90 @@
+"""Overlays (runtime.visualize): demo frames segmented on the tiny artifacts, written as PNG, read back,
+and checked for the legend (swatch colors, text rows), the caption, and the blended colors elsewhere."""
+import cv2
+import numpy as np
+import pytest
+
+import runtime
+from runtime.demo import SCENES, demo_frame
+from runtime.frames import FrameError
+from runtime.pipeline import Segmentation
+from runtime.visualize import legend_swatches, palette
+from shared_artifacts import tiny_artifacts_once
+
+SIZE = (360, 480)
+
+
+@pytest.fixture(scope="module")
+def tiny_artifacts(tmp_path_factory):
+    return tiny_artifacts_once(tmp_path_factory)
+
+
+def blended(frame: np.ndarray, seg, alpha: float = 0.5) -> np.ndarray:
+    """What the overlay must be away from the legend and caption, computed independently of OpenCV."""
+    colors = palette(max(len(seg.classes), 1)).astype(np.float64)
+    out = (1 - alpha) * frame.astype(np.float64) + alpha * colors[np.maximum(seg.labels, 0)]
+    out = np.where((seg.labels >= 0)[..., None], out, frame)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def is_text(pixels: np.ndarray) -> tuple[bool, bool]:
+    """(white text, dark outline) present. Blends of a palette color (one channel ~50, one ~230) with a
+    frame are never near-white nor near-black, so these come from the drawn text only."""
+    px = pixels.reshape(-1, 3).astype(int)
+    return bool((px.min(1) >= 220).any()), bool((px.max(1) <= 40).any())
+
+
+def check_overlay(frame: np.ndarray, seg, overlay: np.ndarray) -> list[int]:
+    h, w = frame.shape[:2]
+    counts = np.bincount(seg.labels[seg.labels >= 0].ravel(), minlength=len(seg.classes))
+    present = [int(i) for i in np.argsort(-counts, kind="stable") if counts[i] > 0]
+    boxes = legend_swatches(frame.shape, len(present))
+    assert len(boxes) == len(present)
+    colors = palette(len(seg.classes))
+    for idx, (x0, y0, x1, y1) in zip(present, boxes):
+        swatch = overlay[y0:y1 + 1, x0:x1 + 1].reshape(-1, 3)
+        assert (swatch == colors[idx]).all(), f"swatch of {seg.classes[idx]!r}"
+        white, dark = is_text(overlay[y0 - 4:y1 + 5, x1 + 8:x1 + 60])   # "name score" right of the swatch
+        assert white and dark, f"no legend text for {seg.classes[idx]!r}"
+    white, _ = is_text(overlay[h - 60:, :w // 2])
+    assert white == bool(seg.caption)                                    # the caption at the bottom
+    # Away from the legend (top left) and the caption (bottom rows): exactly the alpha blend.
+    expect = blended(frame, seg)
+    rng = np.random.default_rng(0)
+    ys, xs = rng.integers(int(0.35 * h), int(0.65 * h), 200), rng.integers(int(0.3 * w), w, 200)
+    diff = np.abs(overlay[ys, xs].astype(int) - expect[ys, xs].astype(int))
+    assert diff.max() <= 1
+    assert not any(is_text(overlay[int(0.35 * h):int(0.65 * h), int(0.3 * w):]))
+    return present
+
+
+def test_overlay_pngs_of_demo_frames_show_the_legend_caption_and_blended_colors(tiny_artifacts, tmp_path):
+    with runtime.load(tiny_artifacts) as rt:
+        for i, (caption, vocabulary) in enumerate(SCENES[:3]):
+            frame = demo_frame(i, SIZE)
+            seg = rt.segment(frame, vocabulary=vocabulary, caption=caption)
+            path = tmp_path / f"overlay_{i}.png"
+            assert cv2.imwrite(str(path), cv2.cvtColor(runtime.visualize(frame, seg), cv2.COLOR_RGB2BGR))
+            overlay = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+            assert overlay.shape == frame.shape
+            assert check_overlay(frame, seg, overlay)
+
+
+def test_legend_lists_classes_by_area_with_their_palette_colors():
+    frame = demo_frame(7, SIZE)
+    labels = np.zeros(SIZE, np.int32)          # class 0 in the top quarter
+    labels[90:, :] = 2                         # class 2 the most pixels
+    labels[300:, 240:] = 3                     # class 3; class 1 absent
+    seg = Segmentation(labels, ["ball", "box", "table", "wall"], np.array([0.9, 0, 0.8, 0.7], np.float32),
+                       None, None, {})
+    overlay = runtime.visualize(frame, seg)
+    assert check_overlay(frame, seg, overlay) == [2, 0, 3]
+    assert (overlay[200, 400] == blended(frame, seg)[200, 400]).all()
+    no_legend = runtime.visualize(frame, seg, legend=False)
+    assert np.abs(no_legend.astype(int) - blended(frame, seg).astype(int)).max() <= 1
+
+
+def test_overlay_refuses_a_frame_that_was_not_segmented():
+    seg = Segmentation(np.zeros((40, 50), np.int32), ["ball"], np.ones(1, np.float32), None, None, {})
+    with pytest.raises(FrameError, match="pass the frame that was segmented"):
+        runtime.visualize(demo_frame(0, (50, 40)), seg)
