@@ -125,8 +125,8 @@ def test_the_captioner_trains_on_the_segmenter_tower_and_loads_for_export(segmen
 
     out = tmp_path / "cap"
     run_train({"task": "captioner", "preset": "demo", "out": str(out), "dataset": {"train_length": 4, "val_length": 1},
-               "vision_tower": str(segmenter_run / "vision_tower.safetensors"), "steps": 15, "batch_size": 4,
-               "lr": 0.003, "warmup_steps": 2, "log_every": 1, "eval_every": 0, "ckpt_every": 100,
+               "vision_tower": str(segmenter_run / "vision_tower.safetensors"), "steps": 25, "batch_size": 4,
+               "lr": 0.01, "warmup_steps": 2, "log_every": 1, "eval_every": 0, "ckpt_every": 100,
                "tokenizer_vocab": 300, "captioner_text": {"hidden_size": 32, "intermediate_size": 64,
                                                           "num_hidden_layers": 1}, "max_new_tokens": 8}, tmp_path)
     values = losses(out)
