@@ -137,3 +137,13 @@ def test_the_captioner_trains_on_the_segmenter_tower_and_loads_for_export(segmen
 
     trained = load_component(segmenter_run / "vision_tower.safetensors").model.state_dict()
     assert all(torch.equal(tower[k], trained[k]) for k in trained), "the captioner must keep the segmenter's tower"
+
+
+def test_an_ablated_segmenter_trains_on_two_processes(tmp_path):
+    """A module switched off leaves parameters without gradients; DistributedDataParallel must accept it."""
+    out = tmp_path / "ablated"
+    run_train({**SEGMENTER_RUN, "out": str(out), "steps": 2, "ckpt_every": 2,
+               "segmenter_overrides": {"semantic_attention": False, "relation_attention": False}}, tmp_path, procs=2)
+    from models.checkpoint import load_component
+
+    assert load_component(out / "segmenter.safetensors").cfg.semantic_attention is False

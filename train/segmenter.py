@@ -114,7 +114,9 @@ def main(cfg: TrainConfig) -> dict:
         start, _ = load_state(state_path, model, optimizer)
         if d.main:
             print(f"resuming {out} at step {start}", flush=True)
-    ddp = DistributedDataParallel(model) if d.world > 1 else model
+    # An ablation (a module switched off) leaves that module's parameters without gradients.
+    ablated = any(v is False for v in cfg.segmenter_overrides.values())
+    ddp = DistributedDataParallel(model, find_unused_parameters=ablated) if d.world > 1 else model
     log = Logger(out, cfg, d.main, start)
     mask_size = (preset.segmenter.frame_size // preset.segmenter.mask_stride,) * 2
     global_batch = cfg.batch_size * d.world
