@@ -87,6 +87,16 @@ def test_int8_without_calib_is_a_clear_error():
     check_args("fp16", None)  # FP16 measures on the demo frames when no folder is given
 
 
+@pytest.mark.parametrize("argv", [["--precision", "int8", "--int8-tolerance", "0"],
+                                  ["--precision", "fp16", "--int8-tolerance", "0.02"]])
+def test_a_bad_int8_tolerance_fails_before_any_export(argv, tmp_path):
+    from export.build_engines import build, parse_args
+
+    with pytest.raises(SystemExit, match="--int8-tolerance"):
+        build(parse_args(["--out", str(tmp_path / "never"), "--calib", str(tmp_path), *argv]))
+    assert not (tmp_path / "never").exists()
+
+
 def test_empty_or_missing_calibration_folder_is_a_clear_error(tmp_path):
     with pytest.raises(CalibrationError, match="does not exist"):
         list_images(tmp_path / "nope")
