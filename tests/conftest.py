@@ -1,6 +1,8 @@
 import dataclasses
 import os
+import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -46,3 +48,43 @@ class MSDAWrapper(torch.nn.Module):
 
     def forward(self, query, reference, value):
         return self.attn(query, reference, value, self.shapes)
+
+
+@pytest.fixture(scope="session")
+def tiny_artifacts(tmp_path_factory):
+    """tiny_preset() built by export.build_engines, once per test session. Read-only: copy it before
+    altering files."""
+    from export.build_engines import build, parse_args
+
+    out = tmp_path_factory.mktemp("artifacts") / "tiny"
+    build(parse_args(["--out", str(out)]), preset=tiny_preset())
+    return out
+
+
+class Clock:
+    """A fake clock for the caption policy: call it for the time, set `t` to move it."""
+
+    def __init__(self, t: float = 0.0):
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def run_without_torch(body: str) -> None:
+    """Run `body` (Python source) in a fresh interpreter where torch and transformers cannot be imported,
+    then check it imported neither and ran to the end."""
+    code = textwrap.dedent(f"""
+        import sys, importlib.abc
+        class Block(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name.split('.')[0] in ('torch', 'transformers'):
+                    raise ModuleNotFoundError(f'No module named {{name!r}} (hidden by the test)')
+        sys.meta_path.insert(0, Block())
+        sys.path.insert(0, {str(ROOT)!r})
+    """) + textwrap.dedent(body) + textwrap.dedent("""
+        assert not any(m.split('.')[0] in ('torch', 'transformers') for m in sys.modules)
+        print('ok')
+    """)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr[-3000:]

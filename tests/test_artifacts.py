@@ -3,13 +3,12 @@ import json
 import shutil
 import subprocess
 import sys
-import textwrap
 
 import numpy as np
 import pytest
 
 import runtime
-from conftest import ROOT, tiny_preset
+from conftest import ROOT, run_without_torch, tiny_preset
 from engines.base import EngineError
 from engines.manifest import MANIFEST_NAME, ManifestError
 from export.build_engines import build, parse_args
@@ -27,13 +26,6 @@ def demo_artifacts(tmp_path_factory):
     out = tmp_path_factory.mktemp("artifacts") / "demo"
     subprocess.run([sys.executable, str(ROOT / "export" / "build_engines.py"), "--preset", "demo", "--out", str(out)],
                    check=True, cwd=ROOT, capture_output=True, text=True)
-    return out
-
-
-@pytest.fixture(scope="module")
-def tiny_artifacts(tmp_path_factory):
-    out = tmp_path_factory.mktemp("artifacts") / "tiny"
-    build(parse_args(["--out", str(out)]), preset=tiny_preset())
     return out
 
 
@@ -179,25 +171,14 @@ def test_failed_rebuild_keeps_the_previous_build_valid(tiny_copy, monkeypatch):
 
 def test_runtime_runs_without_torch(tiny_artifacts):
     """`import runtime` and a full segment() on ONNX Runtime with torch and transformers unimportable."""
-    code = textwrap.dedent(f"""
-        import sys, importlib.abc
-        class Block(importlib.abc.MetaPathFinder):
-            def find_spec(self, name, path=None, target=None):
-                if name.split('.')[0] in ('torch', 'transformers'):
-                    raise ModuleNotFoundError(f'No module named {{name!r}} (hidden by the test)')
-        sys.meta_path.insert(0, Block())
-        sys.path.insert(0, {str(ROOT)!r})
+    run_without_torch(f"""
         import numpy as np, runtime
         from runtime.demo import demo_frame
         rt = runtime.load({str(tiny_artifacts)!r})
         seg = rt.segment(demo_frame(0, (64, 80)), vocabulary=['ball', 'box'], caption='a red ball on a box')
         assert seg.labels.shape == (64, 80), seg.labels.shape
         assert rt.backend == 'onnxruntime'
-        assert not any(m.split('.')[0] in ('torch', 'transformers') for m in sys.modules)
-        print('ok')
     """)
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
-    assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr[-3000:]
 
 
 def test_torch_backend_cannot_be_asked_for_tensorrt_here(tiny_artifacts):

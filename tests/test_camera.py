@@ -11,17 +11,11 @@ from runtime.camera import (FrameSource, PngSink, SourceError, VideoSink, gstrea
                             parse_source, run_loop)
 from runtime.captioning import CaptionPolicy
 from runtime.demo import demo_frame
-from shared_artifacts import tiny_artifacts_once
 
 VOCAB = ["ball", "box", "table", "wall"]
 JETSON_CSI = ("nvarguscamerasrc sensor-id=0 ! video/x-raw(memory:NVMM), width=1280, height=720, framerate=30/1 ! "
               "nvvidconv ! video/x-raw, format=BGRx ! videoconvert ! video/x-raw, format=BGR ! appsink")
 WAIT = 10.0
-
-
-@pytest.fixture(scope="module")
-def tiny_artifacts(tmp_path_factory):
-    return tiny_artifacts_once(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 import runtime
-from conftest import tiny_preset
-from export.build_engines import build, parse_args
+from conftest import Clock
 from runtime.captioning import (AsyncCaptioner, CaptionPolicy, CaptionScheduler, CaptionWorker, cosine_distance,
                                 pooled_signature)
 from runtime.demo import demo_frame
@@ -17,14 +16,6 @@ from runtime.pipeline import RuntimeInputError
 
 VOCAB = ["ball", "box", "table", "wall"]
 WAIT = 10.0  # generous upper bound for Event waits; never reached when the code is right
-
-
-class Clock:
-    def __init__(self, t: float = 0.0):
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 class Gated:
@@ -45,13 +36,6 @@ class Gated:
         if payload in self.fail_on:
             raise RuntimeError(f"captioner broke on {payload}")
         return f"a ball on a table ({payload})"
-
-
-@pytest.fixture(scope="module")
-def tiny_artifacts(tmp_path_factory):
-    out = tmp_path_factory.mktemp("artifacts") / "tiny"
-    build(parse_args(["--out", str(out)]), preset=tiny_preset())
-    return out
 
 
 # -- the worker ----------------------------------------------------------------------------------------

@@ -9,19 +9,14 @@ import numpy as np
 import pytest
 
 import runtime
+from conftest import Clock
 from runtime.camera import run_loop
 from runtime.captioning import AsyncCaptioner, CaptionPolicy, CaptionTimeout
 from runtime.demo import demo_frame
 from runtime.frames import FrameError, to_rgb
-from shared_artifacts import tiny_artifacts_once
 
 VOCAB = ["ball", "box", "table", "wall"]
 WAIT = 10.0
-
-
-@pytest.fixture(scope="module")
-def tiny_artifacts(tmp_path_factory):
-    return tiny_artifacts_once(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -36,14 +31,6 @@ def fresh(rt):
     yield rt
     rt.stop_captioning()
     rt.profiler = None
-
-
-class Clock:
-    def __init__(self, t: float = 0.0):
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 class Scripted:

@@ -9,14 +9,8 @@ from runtime.demo import SCENES, demo_frame
 from runtime.frames import FrameError
 from runtime.pipeline import Segmentation
 from runtime.visualize import legend_swatches, palette
-from shared_artifacts import tiny_artifacts_once
 
 SIZE = (360, 480)
-
-
-@pytest.fixture(scope="module")
-def tiny_artifacts(tmp_path_factory):
-    return tiny_artifacts_once(tmp_path_factory)
 
 
 def blended(frame: np.ndarray, seg, alpha: float = 0.5) -> np.ndarray:

@@ -2,9 +2,7 @@
 Chrome trace, NVTX ranges, memory probes, and the CLI on the tiny artifacts."""
 import json
 import os
-import subprocess
 import sys
-import textwrap
 import threading
 
 import numpy as np
@@ -12,20 +10,14 @@ import pytest
 
 import runtime
 import runtime.profiling as profiling
-from conftest import ROOT
+from conftest import run_without_torch
 from runtime.captioning import CaptionPolicy
 from runtime.demo import demo_frame
 from runtime.profiling import Profiler
-from shared_artifacts import tiny_artifacts_once
 
 VOCAB = ["ball", "box", "table", "wall"]
 CAPTION = "a red ball next to a blue box on a wooden table"
 SEGMENT_STAGES = {"preprocess", "vision", "parse", "text", "segment", "postprocess", "total"}
-
-
-@pytest.fixture(scope="module")
-def tiny_artifacts(tmp_path_factory):
-    return tiny_artifacts_once(tmp_path_factory)
 
 
 def test_summary_percentiles_match_numpy():
@@ -174,19 +166,8 @@ def test_profile_cli_prints_a_table_and_writes_json_and_a_trace(tiny_artifacts, 
 
 def test_profile_and_camera_run_without_torch(tiny_artifacts, tmp_path):
     """The new modules stay on the torch-free path: the profiler CLI runs with torch and transformers hidden."""
-    code = textwrap.dedent(f"""
-        import sys, importlib.abc
-        class Block(importlib.abc.MetaPathFinder):
-            def find_spec(self, name, path=None, target=None):
-                if name.split('.')[0] in ('torch', 'transformers'):
-                    raise ModuleNotFoundError(f'No module named {{name!r}} (hidden by the test)')
-        sys.meta_path.insert(0, Block())
-        sys.path.insert(0, {str(ROOT)!r})
+    run_without_torch(f"""
         import runtime.camera, runtime.profile
         assert runtime.profile.main([{str(tiny_artifacts)!r}, '--frames', '3', '--warmup', '0', '--size', '40x40',
                                      '--json', {str(tmp_path / 'r.json')!r}]) == 0
-        assert not any(m.split('.')[0] in ('torch', 'transformers') for m in sys.modules)
-        print('ok')
     """)
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
-    assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr[-3000:]
