@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
-import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
@@ -24,7 +22,8 @@ from models.checkpoint import load_component
 from models.presets import get_preset
 from models.vision_tower import VisionTower
 from runtime.decode import PromptFormat
-from train.common import STATE_FILE, Dist, Logger, load_state, lr_at, prepare_run, save_state, seed_everything, set_threads
+from train.common import (STATE_FILE, Dist, Logger, optimizer_step, prepare_run, rank_batch, resume, save_state,
+                          seed_everything, set_threads)
 from train.config import TrainConfig
 from train.data import open_split
 from train.segmenter import preprocess
@@ -110,28 +109,19 @@ def main(cfg: TrainConfig) -> dict:
     builder = PromptBuilder(tokenizer, preset.vision_tower.grid ** 2)
     params = [p for p in llava.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    start, state_path = 0, out / STATE_FILE
-    if state_path.is_file():
-        start, _ = load_state(state_path, llava, optimizer)
+    start, state_path = resume(out, llava, optimizer, d), out / STATE_FILE
     ddp = DistributedDataParallel(llava) if d.world > 1 else llava
     log = Logger(out, cfg, d.main, start)
     val_set = open_split(cfg.dataset, "val", preset.segmenter.frame_size) if d.main else None
     global_batch = cfg.batch_size * d.world
     metrics: dict = {}
     for step in range(start, cfg.steps):
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, cfg)
-        first = (step * global_batch + d.rank * cfg.batch_size) % len(train_set)
-        items = [train_set[(first + i) % len(train_set)] for i in range(cfg.batch_size)]
+        items = rank_batch(train_set, step, cfg.batch_size, d)
         _, pixels = preprocess([it.image for it in items], preset)
         ids, mask, labels = builder.batch([it.canonical_caption for it in items])
         loss = ddp(input_ids=ids.to(d.device), pixel_values=pixels.to(d.device), attention_mask=mask.to(d.device),
                    labels=labels.to(d.device)).loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        optimizer.step()
+        optimizer_step(optimizer, params, loss, step, cfg)
         if (step + 1) % cfg.log_every == 0 or step == start:
             log(step, d.mean({"loss": float(loss.detach())}) | {"lr": optimizer.param_groups[0]["lr"]})
         last = step + 1 == cfg.steps

@@ -138,6 +138,36 @@ def load_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -
     return int(meta["step"]), json.loads(meta.get("extra", "{}"))
 
 
+def resume(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer, d: Dist) -> int:
+    """The step to start from: OUT/train_state.safetensors's (weights and AdamW moments restored), else 0."""
+    path = out / STATE_FILE
+    if not path.is_file():
+        return 0
+    start, _ = load_state(path, model, optimizer)
+    if d.main:
+        print(f"resuming {out} at step {start}", flush=True)
+    return start
+
+
+def rank_batch(dataset, step: int, batch_size: int, d: Dist) -> list:
+    """This rank's slice of step `step`'s global batch: the ranks read consecutive, disjoint slices, so no
+    item is seen twice per epoch."""
+    first = (step * batch_size * d.world + d.rank * batch_size) % len(dataset)
+    return [dataset[(first + i) % len(dataset)] for i in range(batch_size)]
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, params: list, loss: torch.Tensor, step: int,
+                   cfg: TrainConfig) -> None:
+    """Backward, clip to cfg.grad_clip, and an AdamW step at the schedule's learning rate for `step`."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+    for group in optimizer.param_groups:
+        group["lr"] = lr_at(step, cfg)
+    optimizer.step()
+
+
 def set_threads(n: int) -> None:
     torch.set_num_threads(n)
     try:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,7 +25,8 @@ from models.segmenter import LLMFormerSegmenter, semantic_inference
 from models.vision_tower import VisionTower, build_vision_model
 from runtime.evaluate import Confusion
 from runtime.frames import to_tensor
-from train.common import STATE_FILE, Dist, Logger, load_state, lr_at, prepare_run, save_state, seed_everything, set_threads
+from train.common import (STATE_FILE, Dist, Logger, optimizer_step, prepare_run, rank_batch, resume, save_state,
+                          seed_everything, set_threads)
 from train.config import TrainConfig
 from train.data import open_split
 from train.losses import LossWeights, semantic_targets, set_criterion
@@ -108,12 +108,8 @@ def main(cfg: TrainConfig) -> dict:
     weights = LossWeights(**cfg.loss)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    start = 0
+    start = resume(out, model, optimizer, d)
     state_path = out / STATE_FILE
-    if state_path.is_file():
-        start, _ = load_state(state_path, model, optimizer)
-        if d.main:
-            print(f"resuming {out} at step {start}", flush=True)
     # An ablation (a module switched off) leaves that module's parameters without gradients.
     ablated = any(v is False for v in cfg.segmenter_overrides.values())
     ddp = DistributedDataParallel(model, find_unused_parameters=ablated) if d.world > 1 else model
@@ -122,22 +118,14 @@ def main(cfg: TrainConfig) -> dict:
     global_batch = cfg.batch_size * d.world
     metrics: dict = {}
     for step in range(start, cfg.steps):
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, cfg)
-        # Every rank reads its own slice of the step's global batch: no scene is seen twice per epoch.
-        first = (step * global_batch + d.rank * cfg.batch_size) % len(train_set)
-        items = [train_set[(first + i) % len(train_set)] for i in range(cfg.batch_size)]
+        items = rank_batch(train_set, step, cfg.batch_size, d)
         frame, pixels = preprocess([it.image for it in items], preset)
         priors, _ = text.priors([it.caption for it in items], classes)
         targets = [semantic_targets(torch.as_tensor(np.asarray(it.labels, np.int64)), len(classes), mask_size)
                    for it in items]
         predictions = ddp(frame.to(d.device), pixels.to(d.device), *(p.to(d.device) for p in priors), vocab)
         loss, parts = set_criterion(predictions, targets, weights)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        optimizer.step()
+        optimizer_step(optimizer, params, loss, step, cfg)
         if (step + 1) % cfg.log_every == 0 or step == start:
             log(step, d.mean({"loss": float(loss.detach()), **parts}) | {"lr": optimizer.param_groups[0]["lr"]})
         last = step + 1 == cfg.steps
