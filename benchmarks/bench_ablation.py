@@ -4,7 +4,7 @@ scenes' captions, the split's class names as the vocabulary).
 
     python benchmarks/bench_ablation.py [--steps 200] [--nproc 2] [--work runs/ablation]
 
-Each variant is a real training run of the demo preset (train/configs/demo_segmenter.json with
+Each variant is a real training run of the demo preset (llmformer/train/configs/demo_segmenter.json with
 `segmenter_overrides` and `--steps`), from the same seed, data order and schedule.
 """
 from __future__ import annotations

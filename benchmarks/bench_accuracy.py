@@ -29,7 +29,7 @@ ROWS = [("torch", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "fp16"), ("o
 def write_calibration(folder: Path, scenes: int) -> Path:
     import cv2
 
-    from data.synthetic import SyntheticScenes
+    from llmformer.data.synthetic import SyntheticScenes
 
     folder.mkdir(parents=True, exist_ok=True)
     data = SyntheticScenes("train", scenes, seed=1)   # not the evaluation scenes, not seed 0's training stream start

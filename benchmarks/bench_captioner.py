@@ -171,7 +171,7 @@ def export_decoder_only(captioner, folder: Path):
     import json
 
     from export.captioner import CAPTIONER_FILES, CaptionerExport, export_decoder, export_embed
-    from models.captioner import TOKENIZER_FILE
+    from llmformer.captioner import TOKENIZER_FILE
 
     embed = export_embed(captioner, folder / CAPTIONER_FILES.embed)
     decoder = export_decoder(captioner, folder / CAPTIONER_FILES.decoder)
@@ -190,9 +190,9 @@ def main(argv=None) -> None:
     ap.add_argument("--skip-phi2", action="store_true")
     args = ap.parse_args(argv)
 
-    from models.captioner import (LLAVA_PHI_PROMPT, Captioner, build_random_llava,
+    from llmformer.captioner import (LLAVA_PHI_PROMPT, Captioner, build_random_llava,
                                   build_tiny_captioner, build_tiny_tokenizer, phi2_config)
-    from models.presets import demo
+    from llmformer.presets import demo
 
     tower = demo().vision_tower
     rows = []

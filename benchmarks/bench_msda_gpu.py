@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from benchmarks.common import machine  # noqa: E402
-from models.msda import ms_deform_attn, reference_points_for  # noqa: E402
+from llmformer.msda import ms_deform_attn, reference_points_for  # noqa: E402
 from plugins_trt import msda_op  # noqa: E402
 
 HEADS, HEAD_DIM, POINTS = 8, 32, 4

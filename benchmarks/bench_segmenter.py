@@ -19,8 +19,8 @@ from benchmarks.common import machine, pct  # noqa: E402
 from engines.onnxruntime_engine import OnnxRuntimeEngine  # noqa: E402
 from export.components import segmenter_component, segmenter_example  # noqa: E402
 from export.onnx_utils import export_onnx  # noqa: E402
-from models.presets import get_preset  # noqa: E402
-from models.segmenter import LLMFormerSegmenter, parameter_counts  # noqa: E402
+from llmformer.presets import get_preset  # noqa: E402
+from llmformer.segmenter import LLMFormerSegmenter, parameter_counts  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -34,7 +34,7 @@ if __package__ in (None, ""):  # run as a script: make the repository's packages
 
 from engines.base import EngineError, TensorSpec  # noqa: E402
 from engines.manifest import atomic_write_bytes, sha256_file  # noqa: E402
-from models.names import CLASS_AXIS, PHRASES_AXIS, PRIORS_AXIS, VOCAB_AXIS  # noqa: E402
+from llmformer.names import CLASS_AXIS, PHRASES_AXIS, PRIORS_AXIS, VOCAB_AXIS  # noqa: E402
 
 PLUGINS_ENV = "LLMFORMER_PLUGINS"
 PLUGIN_LIBRARY = "libllmformer_plugins.so"

@@ -1,4 +1,4 @@
-"""The PyTorch engine: the `models/` code itself, the reference every other backend is compared with."""
+"""The PyTorch engine: the `llmformer/` code itself, the reference every other backend is compared with."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -31,12 +31,12 @@ class TorchEngine(Engine):
     @classmethod
     def from_component(cls, name: str, folder: Path, component: Mapping[str, Any], device: str | None = None,
                        threads: int | None = None, **_: Any) -> "TorchEngine":
-        from models.checkpoint import CheckpointError, load_component
+        from llmformer.checkpoint import CheckpointError, load_component
 
         weights, captioner = component.get("weights"), component.get("torch")
         try:
             if captioner:  # one part of a transformers LLaVA checkpoint saved beside the graphs
-                from models.captioner import captioner_part
+                from llmformer.captioner import captioner_part
 
                 module = captioner_part(Path(folder) / captioner["captioner"], captioner["part"],
                                         captioner.get("segmenter_layers", ()))

@@ -97,14 +97,14 @@ def build(args: argparse.Namespace, preset=None) -> Path:
 
     from export.components import (DEFAULT_RANGES, Component, segmenter_component, text_encoder_component,
                                    vision_tower_component)
-    from models.captioner import CaptionerVision, build_tiny_captioner, load_captioner, save_captioner
-    from models.names import CAPTIONER_DECODER, CAPTIONER_EMBED, CAPTIONER_VISION
+    from llmformer.captioner import CaptionerVision, build_tiny_captioner, load_captioner, save_captioner
+    from llmformer.names import CAPTIONER_DECODER, CAPTIONER_EMBED, CAPTIONER_VISION
     from export.onnx_utils import check_onnx, export_onnx, graph_specs
-    from models.checkpoint import load_segmenter, save_component
-    from models.presets import IMAGENET_MEAN, IMAGENET_STD, get_preset
-    from models.segmenter import LLMFormerSegmenter
-    from models.text_encoder import build_text_encoder, tokenizer_file
-    from models.vision_tower import VisionTower, build_vision_model
+    from llmformer.checkpoint import load_segmenter, save_component
+    from llmformer.presets import IMAGENET_MEAN, IMAGENET_STD, get_preset
+    from llmformer.segmenter import LLMFormerSegmenter
+    from llmformer.text_encoder import build_text_encoder, tokenizer_file
+    from llmformer.vision_tower import VisionTower, build_vision_model
     from runtime.priors import parser_model
 
     if args.opset < 17:
@@ -333,8 +333,8 @@ def validate_caption(staging: Path, entries: dict, info: dict, tokens: int = 8) 
     import numpy as np
 
     from engines.base import create_engine
-    from models.captioner import release_captioners
-    from models.names import CAPTIONER_DECODER, CAPTIONER_EMBED
+    from llmformer.captioner import release_captioners
+    from llmformer.names import CAPTIONER_DECODER, CAPTIONER_EMBED
     from runtime.decode import CaptionDecoder
 
     captions = []

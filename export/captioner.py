@@ -27,10 +27,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from engines.base import TensorSpec
-from models.names import CAPTIONER_DECODER, CAPTIONER_EMBED, CAPTIONER_VISION, ComponentNames  # noqa: F401
+from llmformer.names import CAPTIONER_DECODER, CAPTIONER_EMBED, CAPTIONER_VISION, ComponentNames  # noqa: F401
 
 if TYPE_CHECKING:
-    from models.captioner import Captioner
+    from llmformer.captioner import Captioner
 
 # Tensor names live in models/names.py with every other component's.
 
@@ -100,7 +100,7 @@ def export_captioner(captioner: Captioner, folder: str | Path, segmenter_layers:
     max_position_embeddings."""
     from engines.manifest import atomic_write_bytes
     from export.onnx_utils import DEFAULT_OPSET
-    from models.captioner import TOKENIZER_FILE
+    from llmformer.captioner import TOKENIZER_FILE
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -119,7 +119,7 @@ def export_vision(captioner: Captioner, path: str | Path, segmenter_layers: Sequ
                   opset: int | None = None) -> ExportedGraph:
     import torch
 
-    from models.captioner import CaptionerVision
+    from llmformer.captioner import CaptionerVision
 
     size = captioner.config.vision_config.image_size
     module = CaptionerVision(captioner.model, segmenter_layers)
@@ -131,7 +131,7 @@ def export_embed(captioner: Captioner, path: str | Path, opset: int | None = Non
                  max_context: int | None = None) -> ExportedGraph:
     import torch
 
-    from models.captioner import CaptionerEmbed
+    from llmformer.captioner import CaptionerEmbed
 
     n = _max_context(captioner, max_context)
     ids = torch.arange(3, dtype=torch.int64)[None] % captioner.config.text_config.vocab_size
@@ -142,11 +142,11 @@ def export_embed(captioner: Captioner, path: str | Path, opset: int | None = Non
 
 def export_decoder(captioner: Captioner, path: str | Path, opset: int | None = None,
                    max_context: int | None = None) -> ExportedGraph:
-    """The Phi decoder over a fixed-size cache (see models.captioner.CaptionerDecoder). Past and new
+    """The Phi decoder over a fixed-size cache (see llmformer.captioner.CaptionerDecoder). Past and new
     lengths are dynamic: P in [1, max_context - 1], S in [1, max_context - 1], P + S <= max_context."""
     import torch
 
-    from models.captioner import CaptionerDecoder
+    from llmformer.captioner import CaptionerDecoder
 
     module = CaptionerDecoder(captioner.model)
     n = _max_context(captioner, max_context)

@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from models.names import (CLASS_AXIS, PHRASES_AXIS, PRIORS_AXIS, SEGMENTER, TEXT_ENCODER, VISION_TOWER, VOCAB_AXIS,
+from llmformer.names import (CLASS_AXIS, PHRASES_AXIS, PRIORS_AXIS, SEGMENTER, TEXT_ENCODER, VISION_TOWER, VOCAB_AXIS,
                           ComponentNames)
-from models.presets import Preset
+from llmformer.presets import Preset
 
 # Ranges of the dynamic axes, recorded in the manifest (and the TensorRT profiles made from it).
 DEFAULT_RANGES = {PRIORS_AXIS: (1, 64), VOCAB_AXIS: (1, 256), PHRASES_AXIS: (1, 128)}

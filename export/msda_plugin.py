@@ -1,6 +1,6 @@
 """MSDA as one TensorRT plugin node per layer in ONNX, and a rewrite of other MSDA plugin nodes into it.
 
-models/msda.py's `ms_deform_attn` has two ONNX forms:
+llmformer/msda.py's `ms_deform_attn` has two ONNX forms:
 
 - pure ONNX (GridSample, opset >= 16): the default export, for ONNX Runtime and any backend;
 - one `trt.plugins::MultiscaleDeformableAttnPlugin_TRT` node (attributes plugin_version "1",
@@ -90,7 +90,7 @@ def _plugin_op():
     if "op" in _op_cache:
         return _op_cache["op"]
     torch = _torch()
-    from models import msda
+    from llmformer import msda
 
     @torch.library.custom_op(TORCH_OP, mutates_args=(), schema=(
         "(Tensor value, Tensor spatial_shapes, Tensor level_start_index, Tensor sampling_locations, "
@@ -113,7 +113,7 @@ def _level_table(value, spatial_shapes, level_start_index, sampling_locations):
     """(spatial_shapes, level_start_index) as INT32 tensors on value's device; static shapes are checked like
     the reference checks them, and become constants in the exported graph."""
     torch = _torch()
-    from models.msda import _static_shapes
+    from llmformer.msda import _static_shapes
 
     device = value.device
     if isinstance(spatial_shapes, torch.Tensor):
@@ -140,7 +140,7 @@ def _level_table(value, spatial_shapes, level_start_index, sampling_locations):
 
 
 def ms_deform_attn_as_trt_plugin(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
-    """Drop-in for models.msda.ms_deform_attn that traces to the plugin node. Output (N, Lq, M*D)."""
+    """Drop-in for llmformer.msda.ms_deform_attn that traces to the plugin node. Output (N, Lq, M*D)."""
     shapes, starts = _level_table(value, spatial_shapes, level_start_index, sampling_locations)
     return _plugin_op()(value, shapes, starts, sampling_locations, attention_weights)
 
@@ -149,7 +149,7 @@ def ms_deform_attn_as_trt_plugin(value, spatial_shapes, level_start_index, sampl
 def msda_as_trt_plugin() -> Iterator[None]:
     """Inside the block every ms_deform_attn call (MSDeformAttn, the pixel decoder, the adapter) exports as one
     plugin node plus a Reshape. Outside it the export is the pure-ONNX GridSample form."""
-    from models import msda
+    from llmformer import msda
 
     _plugin_op()
     with msda.msda_implementation(ms_deform_attn_as_trt_plugin):

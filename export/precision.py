@@ -42,7 +42,7 @@ ISLAND_GROUPS = ("attention_softmax", "softmax", "normalization", "msda_coordina
 # Islands kept whatever the measurement says, because the measurement cannot see the reason with random weights.
 PINNED_ISLANDS = {
     "captioner_decoder": {"attention_softmax": "Phi-2's attention scores overflow FP16 with its real weights "
-                                               "(models/captioner.py computes them in FP32 for that reason)"},
+                                               "(llmformer/captioner.py computes them in FP32 for that reason)"},
 }
 # The LLM decoder is quantized weight-only (INT8 per channel, or INT4 blocks with llm_bits=4): its activations have
 # outliers that per-tensor INT8 cannot hold, and weight bandwidth is what limits decode speed on a Jetson.

@@ -3,7 +3,7 @@
 #   1. build the PyTorch binding (plugins_trt/msda_op.py) for this GPU,
 #   2. build and run the standalone kernel test (both kernels vs a double-precision CPU reference),
 #   3. run it under compute-sanitizer memcheck and racecheck (small case),
-#   4. run the GPU tests (tests/test_msda_cuda.py: kernel vs models/msda.py, FP32 1e-5, FP16 1e-2 relative),
+#   4. run the GPU tests (tests/test_msda_cuda.py: kernel vs llmformer/msda.py, FP32 1e-5, FP16 1e-2 relative),
 #   5. run the benchmark (benchmarks/bench_msda_gpu.py: 512 and 1024 frames, uniform and clustered locations).
 # Every step's output goes to a log; SUMMARY.md collects the GPU, the date, each step's result and the figures.
 #

@@ -3,10 +3,10 @@
     from plugins_trt import msda_op
     if msda_op.is_available():                     # a CUDA GPU, a CUDA build of PyTorch, nvcc
         out = msda_op.ms_deform_attn_cuda(value, shapes, starts, locations, weights)   # (N, Lq, M*D)
-        with msda_op.use_cuda_kernel():            # every models.msda.ms_deform_attn call on CUDA tensors
+        with msda_op.use_cuda_kernel():            # every llmformer.msda.ms_deform_attn call on CUDA tensors
             masks = segmenter(*inputs)
 
-Same contract as models.msda.ms_deform_attn. Inference only (no backward). FP16 value runs with FP32 coordinates,
+Same contract as llmformer.msda.ms_deform_attn. Inference only (no backward). FP16 value runs with FP32 coordinates,
 bilinear weights and sums, so FP16 keeps sub-pixel precision on large levels.
 """
 from __future__ import annotations
@@ -55,7 +55,7 @@ def load(verbose: bool = False) -> None:
     torch.ops.llmformer_cuda.ms_deform_attn. Set TORCH_CUDA_ARCH_LIST to build for other GPUs than this one."""
     reason = unavailable_reason()
     if reason is not None:
-        raise RuntimeError(f"MSDA CUDA kernel unavailable: {reason}. models.msda.ms_deform_attn runs anywhere.")
+        raise RuntimeError(f"MSDA CUDA kernel unavailable: {reason}. llmformer.msda.ms_deform_attn runs anywhere.")
     nvcc = nvcc_path()
     if "CUDA_HOME" not in os.environ and shutil.which("nvcc") is None:
         os.environ["CUDA_HOME"] = str(Path(nvcc).parents[1])
@@ -175,7 +175,7 @@ def ms_deform_attn_cuda(
 
 
 def _dispatch(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
-    from models import msda
+    from llmformer import msda
 
     if value.is_cuda:
         return ms_deform_attn_cuda(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
@@ -185,9 +185,9 @@ def _dispatch(value, spatial_shapes, level_start_index, sampling_locations, atte
 
 @contextlib.contextmanager
 def use_cuda_kernel() -> Iterator[None]:
-    """Inside the block, models.msda.ms_deform_attn runs this kernel for CUDA tensors (the reference for the
+    """Inside the block, llmformer.msda.ms_deform_attn runs this kernel for CUDA tensors (the reference for the
     rest). Raises at entry, with the reason, when the kernel cannot run here."""
-    from models import msda
+    from llmformer import msda
 
     load()
     with msda.msda_implementation(_dispatch):

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from engines.base import Engine
-from models.names import CAPTIONER_DECODER, CAPTIONER_EMBED, CAPTIONER_VISION
+from llmformer.names import CAPTIONER_DECODER, CAPTIONER_EMBED, CAPTIONER_VISION
 from runtime.profiling import nvtx_range
 
 DEFAULT_MAX_NEW_TOKENS = 64

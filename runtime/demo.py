@@ -3,7 +3,7 @@
     python -m runtime.demo [ARTIFACTS] [--out DIR] [--frames N] [--backend onnxruntime|torch|tensorrt]
 
 With trained weights (the demo preset ships them) the frames are synthetic validation scenes
-(data.synthetic): the build's captioner describes each one, the caption's priors guide the segmenter over
+(llmformer.data.synthetic): the build's captioner describes each one, the caption's priors guide the segmenter over
 the scenes' class names, and each frame's pixel accuracy against the ground truth is printed beside the
 caption. A build with random weights segments generated frames with scripted captions instead.
 """
@@ -65,7 +65,7 @@ def main(argv=None) -> int:
                                                                       "   classes found") + "  (ms per stage)")
         for i in range(args.frames):
             if trained:
-                from data.synthetic import make_scene
+                from llmformer.data.synthetic import make_scene
 
                 scene = make_scene("val", i)
                 frame = scene.image

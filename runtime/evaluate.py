@@ -76,7 +76,7 @@ def scene_objects(scene) -> list[str]:
 
 
 def evaluate_split(rt, split: str, scenes: int, seed: int = 0, log=print) -> dict[str, Any]:
-    from data.synthetic import SyntheticScenes
+    from llmformer.data.synthetic import SyntheticScenes
 
     data = SyntheticScenes(split, scenes, size=int(rt.manifest["preprocess"]["segmenter"]["size"]), seed=seed)
     classes = list(data.classes)

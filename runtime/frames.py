@@ -94,7 +94,7 @@ def _softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
 
 def semantic_map(mask_logits: np.ndarray, class_logits: np.ndarray,
                  size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Mask2Former's semantic inference (as `models.segmenter.semantic_inference`), in numpy.
+    """Mask2Former's semantic inference (as `llmformer.segmenter.semantic_inference`), in numpy.
 
     mask_logits (Q, h, w), class_logits (Q, V+1), size (H, W) -> labels (H, W) int32 in [0, V) and a score
     per class in [0, 1]: the class's share of the total score, averaged over the pixels it wins (0 where

@@ -26,7 +26,7 @@ import numpy as np
 
 from engines.base import BACKENDS, Engine, EngineError, backend_importable, create_engine
 from engines.manifest import read_manifest
-from models.names import CAPTIONER_DECODER, CAPTIONER_EMBED, CAPTIONER_VISION, SEGMENTER, TEXT_ENCODER, VISION_TOWER
+from llmformer.names import CAPTIONER_DECODER, CAPTIONER_EMBED, CAPTIONER_VISION, SEGMENTER, TEXT_ENCODER, VISION_TOWER
 from runtime.frames import check_frame, semantic_map, to_tensor
 from runtime.profiling import NULL_SPAN
 

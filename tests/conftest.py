@@ -17,7 +17,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 def tiny_preset(name: str = "demo", **segmenter_overrides):
     """A preset with the named preset's structure (layer counts, queries, mask stride, switches) but tiny
     widths, a 64 px frame and a 2-block random ViT, so its forward pass takes milliseconds."""
-    from models.presets import TextEncoderConfig, VisionTowerConfig, get_preset
+    from llmformer.presets import TextEncoderConfig, VisionTowerConfig, get_preset
 
     p = get_preset(name)
     tower = VisionTowerConfig(image_size=56, patch_size=14, hidden_size=32, num_layers=2, num_heads=2,

@@ -51,7 +51,7 @@ def test_build_writes_manifest_with_hashes_specs_and_versions(demo_artifacts):
     priors = [s for s in m["components"]["segmenter"]["inputs"] if s["name"] == "object_embeddings"][0]
     assert priors["shape"][1] == "priors" and priors["min_shape"][1] == 1
     assert {"torch", "onnx", "onnxruntime", "transformers"} <= m["versions"].keys()
-    # The demo preset builds from its shipped trained weights (models/weights/demo).
+    # The demo preset builds from its shipped trained weights (llmformer/weights/demo).
     assert not any(c["random_weights"] for c in m["components"].values())
     assert m["preset"]["segmenter_weights"].endswith("segmenter.safetensors")
     assert not list(demo_artifacts.parent.glob(".*staging*")), "the staging folder must be cleaned up"
@@ -198,10 +198,10 @@ def test_build_from_local_folders_and_a_checkpoint(tmp_path):
 
     import torch
 
-    from models.checkpoint import save_segmenter
-    from models.segmenter import LLMFormerSegmenter
-    from models.text_encoder import build_text_encoder, tokenizer_file
-    from models.vision_tower import build_vision_model
+    from llmformer.checkpoint import save_segmenter
+    from llmformer.segmenter import LLMFormerSegmenter
+    from llmformer.text_encoder import build_text_encoder, tokenizer_file
+    from llmformer.vision_tower import build_vision_model
 
     p = tiny_preset()
     wider = dataclasses.replace(p.vision_tower, hidden_size=48, num_heads=4)
@@ -295,7 +295,7 @@ def test_build_without_captioner_uses_a_plain_vision_tower(tmp_path):
 
 def test_build_with_a_captioner_checkpoint_folder(tmp_path):
     """A LLaVA-Phi folder (here a tiny one saved by the same code) brings the tower the segmenter reads."""
-    from models.captioner import build_tiny_captioner
+    from llmformer.captioner import build_tiny_captioner
 
     p = tiny_preset()
     build_tiny_captioner(tmp_path / "llava", p.vision_tower, seed=1)

@@ -19,10 +19,10 @@ from engines.torch_engine import TorchEngine
 from engines.trt_supported_ops import check_graph
 from export.captioner import CAPTIONER_DECODER, attention_precision_problems, export_captioner
 from export.onnx_utils import check_onnx
-from models.captioner import (LLAVA_PHI_PROMPT, CaptionerCheckpointError, CaptionerDecoder, CaptionerEmbed,
+from llmformer.captioner import (LLAVA_PHI_PROMPT, CaptionerCheckpointError, CaptionerDecoder, CaptionerEmbed,
                               CaptionerVision, build_tiny_captioner, load_captioner)
-from models.presets import demo
-from models.vision_tower import VisionTower, build_vision_model
+from llmformer.presets import demo
+from llmformer.vision_tower import VisionTower, build_vision_model
 from runtime.decode import CaptionDecoder, CaptionError, PromptFormat
 
 TOWER = demo().vision_tower
@@ -112,12 +112,12 @@ def test_vision_graph_gives_llava_image_features_and_the_segmenter_layers(captio
 
 
 def test_siglip_tower_keeps_every_token_for_the_projector():
-    from models.captioner import (
+    from llmformer.captioner import (
         build_random_llava,
         build_tiny_tokenizer,
         tiny_phi_config,
     )
-    from models.presets import VisionTowerConfig
+    from llmformer.presets import VisionTowerConfig
 
     tower = VisionTowerConfig(kind="siglip", image_size=56, patch_size=14, hidden_size=32, num_layers=2,
                               num_heads=2, intermediate_size=64, feature_layers=(1, 2))

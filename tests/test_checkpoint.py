@@ -3,11 +3,11 @@ import torch
 
 from conftest import tiny_preset
 from export.components import segmenter_example
-from models.checkpoint import (CheckpointError, load_component, load_segmenter, read_checkpoint, save_checkpoint,
+from llmformer.checkpoint import (CheckpointError, load_component, load_segmenter, read_checkpoint, save_checkpoint,
                                save_component, save_segmenter)
-from models.segmenter import LLMFormerSegmenter
-from models.text_encoder import build_text_encoder
-from models.vision_tower import VisionTower, build_vision_model
+from llmformer.segmenter import LLMFormerSegmenter
+from llmformer.text_encoder import build_text_encoder
+from llmformer.vision_tower import VisionTower, build_vision_model
 
 
 def _trained_looking(preset):

@@ -1,4 +1,4 @@
-"""The COCO-Stuff folder reader (data.cocostuff), tested on synthetic scenes written in COCO-Stuff's
+"""The COCO-Stuff folder reader (llmformer.data.cocostuff), tested on synthetic scenes written in COCO-Stuff's
 layout: label ids remapped to contiguous classes, captions read, and clear errors for broken folders."""
 import json
 
@@ -6,9 +6,9 @@ import cv2
 import numpy as np
 import pytest
 
-from data.cocostuff import (COCO_UNANNOTATED, CocoStuff, CocoStuffLayoutError, caption_from_classes, read_labels,
+from llmformer.data.cocostuff import (COCO_UNANNOTATED, CocoStuff, CocoStuffLayoutError, caption_from_classes, read_labels,
                             readable_name, synthetic_label_ids, write_cocostuff_layout)
-from data.synthetic import IGNORE, make_scene
+from llmformer.data.synthetic import IGNORE, make_scene
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.msda import MSDeformAttn, ms_deform_attn
+from llmformer.msda import MSDeformAttn, ms_deform_attn
 
 
 def bilinear_loop(value, shapes, locations, weights):

@@ -1,5 +1,5 @@
 """The MSDA CUDA kernel (plugins_trt/msda/): compiles for Jetson Orin, Ada and Hopper everywhere nvcc is, and on
-a GPU matches models/msda.py (FP32 to 1e-5, FP16 to 1e-2 relative), including locations outside the maps and a
+a GPU matches llmformer/msda.py (FP32 to 1e-5, FP16 to 1e-2 relative), including locations outside the maps and a
 1x1 level, and is clean under compute-sanitizer.
 
 The GPU tests skip with the reason on machines without a CUDA GPU; plugins_trt/gpu_check.sh runs them.
@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from models import msda
-from models.msda import MSDeformAttn, ms_deform_attn
+from llmformer import msda
+from llmformer.msda import MSDeformAttn, ms_deform_attn
 from plugins_trt import msda_op
 
 MSDA_DIR = Path(__file__).resolve().parents[1] / "plugins_trt" / "msda"

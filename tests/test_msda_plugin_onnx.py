@@ -1,7 +1,7 @@
 """MSDA exports as one TensorRT plugin node per layer, and other MSDA plugin graphs rewrite into it.
 
 TensorRT is not needed: the graphs are checked with onnx.checker (full shape inference) and run with onnx's
-reference evaluator, where the plugin node is implemented by models/msda.py itself.
+reference evaluator, where the plugin node is implemented by llmformer/msda.py itself.
 """
 import numpy as np
 import onnx
@@ -14,15 +14,15 @@ from onnx.reference.op_run import OpRun
 from conftest import MSDAWrapper
 from export import msda_plugin as mp
 from export.onnx_utils import check_onnx, export_onnx
-from models import msda
-from models.msda import MSDeformAttn, ms_deform_attn
+from llmformer import msda
+from llmformer.msda import MSDeformAttn, ms_deform_attn
 
 SHAPES = [(8, 8), (4, 4), (1, 1)]  # a 1x1 level on purpose
 HEADS, HEAD_DIM, POINTS = 2, 32, 4
 
 
 class MultiscaleDeformableAttnPlugin_TRT(OpRun):  # noqa: N801 (the ONNX op type)
-    """The plugin node for onnx's reference evaluator: models/msda.py, reshaped to the plugin's (N, Lq, M, D)."""
+    """The plugin node for onnx's reference evaluator: llmformer/msda.py, reshaped to the plugin's (N, Lq, M, D)."""
 
     op_domain = mp.PLUGIN_DOMAIN
 
@@ -59,7 +59,7 @@ def _plugin_node_is_well_formed(model, node, shapes):
     sizes = [h * w for h, w in shapes]
     assert numpy_helper.to_array(table[0]).tolist() == [list(s) for s in shapes]
     assert numpy_helper.to_array(table[1]).tolist() == [sum(sizes[:i]) for i in range(len(shapes))]
-    # The plugin's (N, Lq, M, D) is flattened back to models/msda.py's (N, Lq, M*D) right after it.
+    # The plugin's (N, Lq, M, D) is flattened back to llmformer/msda.py's (N, Lq, M*D) right after it.
     (reshape,) = [n for n in model.graph.node if node.output[0] in n.input]
     assert reshape.op_type == "Reshape"
 
@@ -121,7 +121,7 @@ def test_plugin_mode_runs_the_reference_eagerly():
 
 
 def test_segmenter_exports_one_plugin_node_per_msda_layer(tmp_path):
-    import models.segmenter as segmenter_module
+    import llmformer.segmenter as segmenter_module
     from conftest import tiny_preset
     from export.components import segmenter_component
 

@@ -7,9 +7,9 @@ import torch
 from conftest import MSDAWrapper, tiny_preset
 from export.components import segmenter_component, segmenter_example
 from export.onnx_utils import check_onnx, export_onnx, operator_set
-from models.msda import MSDeformAttn
-from models.presets import get_preset
-from models.segmenter import LLMFormerSegmenter
+from llmformer.msda import MSDeformAttn
+from llmformer.presets import get_preset
+from llmformer.segmenter import LLMFormerSegmenter
 
 SHAPES = {1: [(8, 8)], 3: [(8, 8), (4, 4), (2, 2)], 4: [(8, 8), (4, 4), (2, 2), (1, 1)]}
 

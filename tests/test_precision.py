@@ -18,7 +18,7 @@ from engines.trt_supported_ops import check_graph
 from export.build_engines import build, parse_args
 from export.precision import (PrecisionError, check_args, convert, convert_artifacts, emulate_fp16, find_islands,
                               output_errors, run, to_fp16)
-from models.names import SEGMENTER, VISION_TOWER
+from llmformer.names import SEGMENTER, VISION_TOWER
 from runtime.demo import demo_frame
 from runtime.frames import to_tensor
 

@@ -4,8 +4,8 @@ import torch
 
 from conftest import tiny_preset
 from export.components import segmenter_example
-from models.presets import PRESETS, Preset, SegmenterConfig, get_preset
-from models.segmenter import LLMFormerSegmenter, semantic_inference
+from llmformer.presets import PRESETS, Preset, SegmenterConfig, get_preset
+from llmformer.segmenter import LLMFormerSegmenter, semantic_inference
 
 
 def _model(preset, seed=0):

@@ -1,4 +1,4 @@
-"""Synthetic scenes (data.synthetic): determinism, splits, label maps, relations from geometry, and
+"""Synthetic scenes (llmformer.data.synthetic): determinism, splits, label maps, relations from geometry, and
 captions that the runtime's caption parser reads back to the scene's objects."""
 import collections
 import subprocess
@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data.synthetic import (_FORBIDDEN, BACKGROUND_NAMES, COLORS, HELDOUT_NAMES, IGNORE, OBJECT_NAMES, PREDICATES,
+from llmformer.data.synthetic import (_FORBIDDEN, BACKGROUND_NAMES, COLORS, HELDOUT_NAMES, IGNORE, OBJECT_NAMES, PREDICATES,
                             SIZES, SPLITS, SyntheticScenes, make_scene, plural, relations_from_masks,
                             split_classes)
 
@@ -238,6 +238,6 @@ def test_parser_recovers_objects_and_colors(scenes):
 
 # -- torch-free --------------------------------------------------------------------------------------------
 def test_data_package_imports_without_torch():
-    code = ("import sys, data, data.synthetic, data.cocostuff; data.make_scene('train', 0, size=64); "
+    code = ("import sys, data, llmformer.data.synthetic, llmformer.data.cocostuff; data.make_scene('train', 0, size=64); "
             "assert 'torch' not in sys.modules, 'torch was imported'")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)

@@ -10,8 +10,8 @@ import torch
 
 from conftest import ROOT
 from runtime.evaluate import Confusion, object_f1
-from train.config import TrainConfig
-from train.losses import LossWeights, Target, match, semantic_targets, set_criterion
+from llmformer.train.config import TrainConfig
+from llmformer.train.losses import LossWeights, Target, match, semantic_targets, set_criterion
 
 
 def run_train(config: dict, tmp_path, procs: int = 1, *extra: str) -> subprocess.CompletedProcess:
@@ -100,9 +100,9 @@ def segmenter_run(tmp_path_factory):
 
 
 def test_two_gloo_processes_train_the_segmenter_and_the_loss_falls(segmenter_run):
-    from models.checkpoint import load_component
-    from models.segmenter import LLMFormerSegmenter
-    from models.vision_tower import VisionTower
+    from llmformer.checkpoint import load_component
+    from llmformer.segmenter import LLMFormerSegmenter
+    from llmformer.vision_tower import VisionTower
 
     values = losses(segmenter_run)
     assert len(values) == 12 and values[-1] < 0.5 * values[0], values
@@ -121,7 +121,7 @@ def test_a_run_resumes_from_its_folder(segmenter_run, tmp_path):
 
 
 def test_the_captioner_trains_on_the_segmenter_tower_and_loads_for_export(segmenter_run, tmp_path):
-    from models.captioner import load_captioner
+    from llmformer.captioner import load_captioner
 
     out = tmp_path / "cap"
     run_train({"task": "captioner", "preset": "demo", "out": str(out), "dataset": {"train_length": 4, "val_length": 1},
@@ -133,7 +133,7 @@ def test_the_captioner_trains_on_the_segmenter_tower_and_loads_for_export(segmen
     assert values[-1] < 0.7 * values[0], values
     cap = load_captioner(out / "captioner")
     tower = cap.model.model.vision_tower.state_dict()
-    from models.checkpoint import load_component
+    from llmformer.checkpoint import load_component
 
     trained = load_component(segmenter_run / "vision_tower.safetensors").model.state_dict()
     assert all(torch.equal(tower[k], trained[k]) for k in trained), "the captioner must keep the segmenter's tower"
@@ -144,6 +144,6 @@ def test_an_ablated_segmenter_trains_on_two_processes(tmp_path):
     out = tmp_path / "ablated"
     run_train({**SEGMENTER_RUN, "out": str(out), "steps": 2, "ckpt_every": 2,
                "segmenter_overrides": {"semantic_attention": False, "relation_attention": False}}, tmp_path, procs=2)
-    from models.checkpoint import load_component
+    from llmformer.checkpoint import load_component
 
     assert load_component(out / "segmenter.safetensors").cfg.semantic_attention is False

@@ -6,9 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.layers import FFN, group_norm, sine_position_embedding
-from models.msda import MSDeformAttn, reference_points_for
-from models.presets import SegmenterConfig
+from llmformer.layers import FFN, group_norm, sine_position_embedding
+from llmformer.msda import MSDeformAttn, reference_points_for
+from llmformer.presets import SegmenterConfig
 
 
 class EncoderLayer(nn.Module):

@@ -17,7 +17,7 @@ TASKS = ("segmenter", "captioner")
 
 @dataclass
 class DatasetConfig:
-    kind: str = "synthetic"          # "synthetic" (data.synthetic, generated) or "cocostuff" (a local folder)
+    kind: str = "synthetic"          # "synthetic" (llmformer.data.synthetic, generated) or "cocostuff" (a local folder)
     root: str | None = None          # cocostuff: the folder in COCO-Stuff's layout (see data/cocostuff.py)
     train_split: str = "train"       # synthetic: train; cocostuff: train2017
     val_split: str = "val"           # synthetic: val; cocostuff: val2017

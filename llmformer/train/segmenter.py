@@ -1,6 +1,6 @@
 """Train the segmenter (and the demo's vision tower) with Mask2Former's set loss, priors from captions.
 
-    torchrun --nproc-per-node 2 -m train train/configs/demo_segmenter.json
+    torchrun --nproc-per-node 2 -m llmformer.train llmformer/train/configs/demo_segmenter.json
 
 Each step: a batch of scenes -> the tower's hidden states and the segmenter's inputs (preprocessed as the
 runtime does) -> priors parsed from each scene's caption -> every decoder layer's prediction -> Hungarian
@@ -19,18 +19,18 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from models.checkpoint import load_component, save_component
-from models.presets import IMAGENET_MEAN, IMAGENET_STD, Preset, get_preset
-from models.segmenter import LLMFormerSegmenter, semantic_inference
-from models.vision_tower import VisionTower, build_vision_model
+from llmformer.checkpoint import load_component, save_component
+from llmformer.presets import IMAGENET_MEAN, IMAGENET_STD, Preset, get_preset
+from llmformer.segmenter import LLMFormerSegmenter, semantic_inference
+from llmformer.vision_tower import VisionTower, build_vision_model
 from runtime.evaluate import Confusion
 from runtime.frames import to_tensor
-from train.common import (STATE_FILE, Dist, Logger, optimizer_step, prepare_run, rank_batch, resume, save_state,
+from llmformer.train.common import (STATE_FILE, Dist, Logger, optimizer_step, prepare_run, rank_batch, resume, save_state,
                           seed_everything, set_threads)
-from train.config import TrainConfig
-from train.data import open_split
-from train.losses import LossWeights, semantic_targets, set_criterion
-from train.text import TextSide
+from llmformer.train.config import TrainConfig
+from llmformer.train.data import open_split
+from llmformer.train.losses import LossWeights, semantic_targets, set_criterion
+from llmformer.train.text import TextSide
 
 
 class TowerAndSegmenter(nn.Module):

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from models.presets import VisionTowerConfig
+from llmformer.presets import VisionTowerConfig
 
 TOKENIZER_FILE = "tokenizer.json"
 PROMPT_FORMAT_FILE = "prompt_format.json"
@@ -122,7 +122,7 @@ def load_prompt_format(folder: str | Path) -> dict[str, Any]:
     prompt = _read_json(path, "prompt format")
     missing = sorted(set(LLAVA_PHI_PROMPT) - set(prompt))
     if missing:
-        raise CaptionerCheckpointError(f"prompt format {path} lacks {missing}; see models/captioner.py "
+        raise CaptionerCheckpointError(f"prompt format {path} lacks {missing}; see llmformer/captioner.py "
                                        f"LLAVA_PHI_PROMPT for the keys")
     return prompt
 
@@ -219,7 +219,7 @@ def build_random_llava(tower: VisionTowerConfig, text: dict[str, Any], tokenizer
     configures it, a Phi text model from `text` (PhiConfig keyword arguments), the LLaVA projector."""
     from transformers import GenerationConfig, LlavaConfig, LlavaForConditionalGeneration, PhiConfig
 
-    from models.vision_tower import build_vision_model
+    from llmformer.vision_tower import build_vision_model
 
     if tower.source:
         raise ValueError("build_random_llava builds a random tower; the tower config has a source folder")
@@ -266,7 +266,7 @@ class CaptionerVision(nn.Module):
     """pixels (1, 3, S, S) -> image_embeds (1, N, E_text), vision_hidden_states (n_layers, 1, T, C).
 
     One tower pass feeds both: LLaVA's feature layer through the projector for the LLM, and the hidden
-    states at `segmenter_layers` stacked for the segmenter (as `models.vision_tower.VisionTower` stacks them,
+    states at `segmenter_layers` stacked for the segmenter (as `llmformer.vision_tower.VisionTower` stacks them,
     CLS included where the tower has one)."""
 
     def __init__(self, llava: nn.Module, segmenter_layers: Sequence[int]):

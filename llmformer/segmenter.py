@@ -5,10 +5,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.adapter import ViTAdapter
-from models.decoder import PriorGuidedDecoder
-from models.pixel_decoder import PixelDecoder
-from models.presets import SegmenterConfig
+from llmformer.adapter import ViTAdapter
+from llmformer.decoder import PriorGuidedDecoder
+from llmformer.pixel_decoder import PixelDecoder
+from llmformer.presets import SegmenterConfig
 
 
 class LLMFormerSegmenter(nn.Module):

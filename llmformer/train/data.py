@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from train.config import DatasetConfig
+from llmformer.train.config import DatasetConfig
 
 
 def open_split(cfg: DatasetConfig, which: str, size: int):
     """`which` is "train" or "val"; the split names come from the config."""
     split = cfg.train_split if which == "train" else cfg.val_split
     if cfg.kind == "synthetic":
-        from data.synthetic import SyntheticScenes
+        from llmformer.data.synthetic import SyntheticScenes
 
         length = cfg.train_length if which == "train" else cfg.val_length
         return SyntheticScenes(split, length, size=size, seed=cfg.seed)
-    from data.cocostuff import CocoStuff
+    from llmformer.data.cocostuff import CocoStuff
 
     return CocoStuff(Path(cfg.root), split, size=size)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.presets import MINILM_PACKAGE, TextEncoderConfig
+from llmformer.presets import MINILM_PACKAGE, TextEncoderConfig
 
 
 def minilm_folder() -> Path:
@@ -65,7 +65,7 @@ class SentenceEncoder(nn.Module):
 
 
 def build_text_encoder(cfg: TextEncoderConfig) -> SentenceEncoder:
-    from models.checkpoint import hf_classes
+    from llmformer.checkpoint import hf_classes
 
     if cfg.kind not in ("bert", "clip"):
         raise ValueError(f"text encoder kind must be 'bert' or 'clip', got '{cfg.kind}'")

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.layers import FFN, MASK_VALUE, MLP, Attention, sine_position_embedding
-from models.presets import SegmenterConfig
+from llmformer.layers import FFN, MASK_VALUE, MLP, Attention, sine_position_embedding
+from llmformer.presets import SegmenterConfig
 
 LEVELS = 3
 

@@ -1,5 +1,5 @@
 """COCO-Stuff (164k) from a folder: images, label maps and captions, with the same item interface as
-data.synthetic.SyntheticScenes, so one training entry point takes either.
+llmformer.data.synthetic.SyntheticScenes, so one training entry point takes either.
 
 Folder layout (what the official downloads unpack to, plus COCO-Stuff's labels.txt and optional captions):
 
@@ -24,7 +24,7 @@ readable ones for a text encoder ("brick wall").
 Without a captions file (or without an entry for an image) the caption is made from the classes
 present, largest area first: "a photo of a person, a dog and grass".
 
-numpy + OpenCV + stdlib only, like data.synthetic.
+numpy + OpenCV + stdlib only, like llmformer.data.synthetic.
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from data.synthetic import BACKGROUND_NAMES, HELDOUT_NAMES, IGNORE, OBJECT_NAMES, make_scene
+from llmformer.data.synthetic import BACKGROUND_NAMES, HELDOUT_NAMES, IGNORE, OBJECT_NAMES, make_scene
 
 __all__ = ["CocoStuff", "CocoStuffItem", "CocoStuffLayoutError", "read_labels", "readable_name",
            "caption_from_classes", "synthetic_label_ids", "write_cocostuff_layout", "LAYOUT", "COCO_UNANNOTATED"]
@@ -248,7 +248,7 @@ def synthetic_label_ids() -> dict[int, str]:
 
 def write_cocostuff_layout(root: str | Path, n: int, split: str = "train2017", seed: int = 0, size: int = 256,
                            scenes: str | None = None) -> Path:
-    """Writes n synthetic scenes (data.synthetic) in COCO-Stuff's layout under root: images/{split}/*.jpg,
+    """Writes n synthetic scenes (llmformer.data.synthetic) in COCO-Stuff's layout under root: images/{split}/*.jpg,
     annotations/{split}/*.png (pixel = id - 1, as stuffthingmaps), labels.txt (synthetic_label_ids()) and
     captions/{split}.json (each scene's varied caption). `scenes` picks the synthetic split ("train",
     "val", "heldout"; default "val" for a split named val*, else "train"). Returns root."""

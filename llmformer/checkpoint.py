@@ -101,8 +101,8 @@ def load_segmenter(path: str | os.PathLike):
 
 
 def _segmenter_from(state: dict[str, torch.Tensor], config: dict[str, Any], path) -> nn.Module:
-    from models.presets import SegmenterConfig
-    from models.segmenter import LLMFormerSegmenter
+    from llmformer.presets import SegmenterConfig
+    from llmformer.segmenter import LLMFormerSegmenter
 
     try:
         cfg = SegmenterConfig(**config)
@@ -125,9 +125,9 @@ def hf_classes(family: str):
 def save_component(module: nn.Module, path: str | os.PathLike) -> Path:
     """Save any of the three deployable components with what it takes to rebuild it offline: the
     segmenter's own config, or the `transformers` config of a vision tower or text encoder."""
-    from models.segmenter import LLMFormerSegmenter
-    from models.text_encoder import SentenceEncoder
-    from models.vision_tower import VisionTower
+    from llmformer.segmenter import LLMFormerSegmenter
+    from llmformer.text_encoder import SentenceEncoder
+    from llmformer.vision_tower import VisionTower
 
     if isinstance(module, LLMFormerSegmenter):
         return save_segmenter(module, path)
@@ -144,8 +144,8 @@ def save_component(module: nn.Module, path: str | os.PathLike) -> Path:
 
 def load_component(path: str | os.PathLike) -> nn.Module:
     """Rebuild whichever component `path` holds, offline, and load its weights strictly."""
-    from models.text_encoder import SentenceEncoder
-    from models.vision_tower import VisionTower
+    from llmformer.text_encoder import SentenceEncoder
+    from llmformer.vision_tower import VisionTower
 
     state, cfg, kind = read_checkpoint(path)
     if kind == "segmenter":

@@ -8,8 +8,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from models.presets import Preset
-from models.text_encoder import build_text_encoder, tokenizer_file
+from llmformer.presets import Preset
+from llmformer.text_encoder import build_text_encoder, tokenizer_file
 from runtime.priors import load_nlp, parse
 from runtime.vocabulary import CachedEncoder, prior_arrays
 

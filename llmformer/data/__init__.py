@@ -1,8 +1,8 @@
 """Training and evaluation data without torch: synthetic scenes generated on the fly
-(`data.synthetic`) and a COCO-Stuff folder reader (`data.cocostuff`). Both yield items with an RGB
+(`llmformer.data.synthetic`) and a COCO-Stuff folder reader (`llmformer.data.cocostuff`). Both yield items with an RGB
 image, a label map into `classes` (255 = ignore) and a caption, so one training loop takes either."""
-from data.cocostuff import CocoStuff, CocoStuffItem, CocoStuffLayoutError, write_cocostuff_layout
-from data.synthetic import (BACKGROUND_NAMES, HELDOUT_NAMES, IGNORE, OBJECT_NAMES, SPLITS, Scene, SceneObject,
+from llmformer.data.cocostuff import CocoStuff, CocoStuffItem, CocoStuffLayoutError, write_cocostuff_layout
+from llmformer.data.synthetic import (BACKGROUND_NAMES, HELDOUT_NAMES, IGNORE, OBJECT_NAMES, SPLITS, Scene, SceneObject,
                             SyntheticScenes, make_scene, split_classes)
 
 __all__ = ["BACKGROUND_NAMES", "HELDOUT_NAMES", "IGNORE", "OBJECT_NAMES", "SPLITS", "Scene", "SceneObject",

@@ -11,12 +11,12 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from models.presets import VisionTowerConfig
+from llmformer.presets import VisionTowerConfig
 
 
 def build_vision_model(cfg: VisionTowerConfig) -> nn.Module:
     """The `transformers` vision model: loaded from `cfg.source` (a local folder) or random from `cfg`."""
-    from models.checkpoint import hf_classes
+    from llmformer.checkpoint import hf_classes
 
     if cfg.kind not in ("clip", "siglip"):
         raise ValueError(f"vision tower kind must be 'clip' or 'siglip', got '{cfg.kind}'")

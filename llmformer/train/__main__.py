@@ -1,7 +1,7 @@
-"""Train the segmenter or the captioner from a JSON config (see train/config.py and train/configs/).
+"""Train the segmenter or the captioner from a JSON config (see llmformer/train/config.py and llmformer/train/configs/).
 
-    torchrun --nproc-per-node 2 -m train train/configs/demo_segmenter.json [--steps N] [--out DIR]
-    python -m train CONFIG.json            # one process
+    torchrun --nproc-per-node 2 -m llmformer.train llmformer/train/configs/demo_segmenter.json [--steps N] [--out DIR]
+    python -m llmformer.train CONFIG.json            # one process
 
 gloo on CPU, NCCL on GPUs (one process per GPU). A run folder with train_state.safetensors resumes.
 """
@@ -16,7 +16,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
 def main(argv=None) -> int:
-    from train.config import TrainConfig
+    from llmformer.train.config import TrainConfig
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("config", help="a JSON run config")
@@ -30,9 +30,9 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if cfg.task == "segmenter":
-        from train.segmenter import main as run
+        from llmformer.train.segmenter import main as run
     else:
-        from train.captioner import main as run
+        from llmformer.train.captioner import main as run
     run(cfg)
     return 0
 

@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.layers import FFN, group_norm
-from models.msda import MSDeformAttn, reference_points_for
-from models.presets import SegmenterConfig
+from llmformer.layers import FFN, group_norm
+from llmformer.msda import MSDeformAttn, reference_points_for
+from llmformer.presets import SegmenterConfig
 
 
 def _conv_bn(cin: int, cout: int, stride: int) -> nn.Sequential:

@@ -1,1 +1,0 @@
-"""Training: `torchrun --nproc-per-node N -m train CONFIG.json` (see train/__main__.py)."""
