@@ -42,12 +42,25 @@ def write_calibration(folder: Path, scenes: int) -> Path:
     return folder
 
 
-def evaluate(folder: Path, backend: str, splits: list[str], scenes: int) -> dict:
+def scene_folders(work: Path, splits: list[str], scenes: int) -> list[Path]:
+    """The evaluation scenes as files (runtime.evaluate reads scene folders), written once per split and size."""
+    from llmformer.data.scene_folder import write_scene_folder
+
+    folders = []
+    for split in splits:
+        folder = work / "scenes" / f"{split}-{scenes}"
+        if not (folder / "scenes.json").is_file():
+            write_scene_folder(folder, split, scenes)
+        folders.append(folder)
+    return folders
+
+
+def evaluate(folder: Path, backend: str, data: list[Path]) -> dict:
     import runtime
-    from runtime.evaluate import evaluate_split
+    from runtime.evaluate import SceneFolder, evaluate_folder
 
     with runtime.load(folder, backend=backend, threads=2) as rt:
-        return {split: evaluate_split(rt, split, scenes) for split in splits}
+        return {d.split: evaluate_folder(rt, d) for d in map(SceneFolder, data)}
 
 
 def main(argv=None) -> int:
@@ -64,6 +77,7 @@ def main(argv=None) -> int:
 
     print(f"machine: {machine()}; demo preset, {args.scenes} scenes per split", flush=True)
     calib = write_calibration(args.work / "calib", args.calib_scenes)
+    data = scene_folders(args.work, args.splits, args.scenes)
     for precision in ("fp32", "fp16", "int8"):
         out = args.work / precision
         if not (out / "manifest.json").is_file():
@@ -72,8 +86,7 @@ def main(argv=None) -> int:
     results = {}
     for backend, precision in ROWS:
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-            results[f"{backend}/{precision}"] = pool.submit(evaluate, args.work / precision, backend, args.splits,
-                                                            args.scenes).result()
+            results[f"{backend}/{precision}"] = pool.submit(evaluate, args.work / precision, backend, data).result()
         print(f"evaluated {backend} {precision}", flush=True)
     base = results["torch/fp32"]
     header = f"{'backend / precision':<22}"

@@ -6,7 +6,7 @@ per-layer error table, and segment() speed FP32 vs INT8. Same artifacts, same fr
 
 Builds artifacts/precision/<preset> (FP32) where missing, then <preset>-fp16 and <preset>-int8 beside it
 (export.precision.convert_artifacts, as `build_engines.py --precision` does). INT8 calibrates on synthetic frames
-written to artifacts/calib_frames (runtime.demo.demo_frame 100..), disjoint from the evaluation frames (0..).
+written to artifacts/calib_frames (llmformer.data.frames.demo_frame 100..), disjoint from the evaluation frames (0..).
 
 - per component: each component's graph run on the inputs the FP32 pipeline feeds it on the evaluation frames
   (so errors do not compound across components): max / mean |x - fp32| of its outputs;
@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 
 from benchmarks.common import machine, pct  # noqa: E402
-from runtime.demo import SCENES, demo_frame  # noqa: E402
+from llmformer.data.frames import DEMO_SCENES, demo_frame  # noqa: E402
 
 FRAME = (480, 640)
 
@@ -61,17 +61,16 @@ def calib_folder(count: int) -> Path:
 
 
 def converted(src: Path, precision: str, calib: Path | None, rebuild: bool) -> tuple[Path, dict]:
-    from engines.manifest import read_manifest, write_manifest
+    from engines.contract import read_manifest, write_manifest
     from export.precision import convert_artifacts
 
     dst = src.parent / f"{src.name}-{precision}"
     if dst.exists() and not rebuild and (dst / "manifest.json").is_file():
         m = read_manifest(dst)
-        return dst, {n: c["precision_report"] for n, c in m["components"].items()}
+        return dst, {n: c.precision_report for n, c in m.components.items()}
     shutil.rmtree(dst, ignore_errors=True)
     shutil.copytree(src, dst)
     manifest = read_manifest(dst)
-    manifest.pop("format"), manifest.pop("format_version")
     t = time.perf_counter()
     reports = convert_artifacts(dst, manifest, precision, calib=calib, cache_dir=src.parent / "calibration_cache")
     write_manifest(dst, manifest)
@@ -83,31 +82,30 @@ def emulated_folder(fp16: Path) -> Path:
     """A copy of the FP16 folder whose graphs round like a GPU (export.precision.emulate_fp16)."""
     import onnx
 
-    from engines.manifest import file_entry, read_manifest, write_manifest
+    from engines.contract import file_entry, read_manifest, write_manifest
     from export.precision import emulate_fp16
 
     dst = fp16.parent / f"{fp16.name}-emulated"
     shutil.rmtree(dst, ignore_errors=True)
     shutil.copytree(fp16, dst)
     manifest = read_manifest(dst)
-    manifest.pop("format"), manifest.pop("format_version")
-    for entry in manifest["components"].values():
-        path = dst / entry["onnx"]["file"]
+    for entry in manifest.components.values():
+        path = dst / entry.onnx.file
         onnx.save(emulate_fp16(onnx.load(str(path))), str(path))
-        entry["onnx"] = file_entry(dst, entry["onnx"]["file"])
+        entry.onnx = file_entry(dst, entry.onnx.file)
     write_manifest(dst, manifest)
     return dst
 
 
 def eval_cases(frames: int):
-    return [(demo_frame(i, FRAME), *SCENES[i % len(SCENES)]) for i in range(frames)]
+    return [(demo_frame(i, FRAME), *DEMO_SCENES[i % len(DEMO_SCENES)]) for i in range(frames)]
 
 
 def component_errors(fp32: Path, others: dict[str, Path], frames: int) -> dict:
     """{label: {component: {output: (max_abs, mean_abs)}}} on the FP32 pipeline's recorded feeds."""
     from calibration.data import CalibrationSet
-    from engines.manifest import read_manifest
-    from export.precision import output_errors, run
+    from engines.contract import read_manifest
+    from calibration.graphs import output_errors, run
 
     cases = eval_cases(frames)
     data = CalibrationSet([c[0] for c in cases], [(c[1], list(c[2])) for c in cases], "evaluation frames")
@@ -117,9 +115,9 @@ def component_errors(fp32: Path, others: dict[str, Path], frames: int) -> dict:
     for label, folder in others.items():
         m = read_manifest(folder)
         out[label] = {}
-        for name, entry in m["components"].items():
-            ref = run(fp32 / manifest["components"][name]["onnx"]["file"], feeds[name])
-            got = run(folder / entry["onnx"]["file"], feeds[name])
+        for name, entry in m.components.items():
+            ref = run(fp32 / manifest.components[name].onnx.file, feeds[name])
+            got = run(folder / entry.onnx.file, feeds[name])
             out[label][name] = {k: (v["max_abs"], v["mean_abs"]) for k, v in output_errors(ref, got).items()}
     return out
 
@@ -146,7 +144,7 @@ def speed(folder: Path, frames: int, threads: int) -> dict[str, list[float]]:
     times = {"segment": [], "vision": [], "total": []}
     with runtime.load(folder, threads=threads) as rt:
         for i in range(frames + 2):
-            caption, vocab = SCENES[i % len(SCENES)]
+            caption, vocab = DEMO_SCENES[i % len(DEMO_SCENES)]
             seg = rt.segment(demo_frame(i, FRAME), vocabulary=list(vocab), caption=caption)
             if i >= 2:
                 for k in times:

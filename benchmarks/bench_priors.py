@@ -32,7 +32,8 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from benchmarks.common import machine  # noqa: E402
-from runtime.priors import load_nlp, parse, parser_model  # noqa: E402
+from runtime.nlp import load_nlp, parser_model  # noqa: E402
+from runtime.priors import parse  # noqa: E402
 from runtime.vocabulary import CachedEncoder  # noqa: E402
 
 CORPUS = ROOT / "tests" / "data" / "captions.jsonl"

@@ -20,7 +20,7 @@ sys.path.insert(0, str(ROOT))
 
 import runtime  # noqa: E402
 from benchmarks.common import machine, pct  # noqa: E402
-from runtime.demo import SCENES, demo_frame  # noqa: E402
+from llmformer.data.frames import DEMO_SCENES, demo_frame  # noqa: E402
 
 STAGES = ["preprocess", "vision", "parse", "text", "segment", "postprocess", "total"]
 
@@ -29,7 +29,7 @@ def run(folder: Path, backend: str, frames: int, threads: int) -> dict[str, list
     times: dict[str, list[float]] = {s: [] for s in STAGES}
     with runtime.load(folder, backend=backend, threads=threads) as rt:
         for i in range(frames + 2):
-            caption, vocab = SCENES[i % len(SCENES)]
+            caption, vocab = DEMO_SCENES[i % len(DEMO_SCENES)]
             seg = rt.segment(demo_frame(i, (480, 640)), vocabulary=vocab, caption=caption)
             if i >= 2:  # the first frames warm caches and allocators
                 for s in STAGES:

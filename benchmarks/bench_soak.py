@@ -3,7 +3,7 @@
     python benchmarks/bench_soak.py [--artifacts DIR] [--frames 10000] [--warmup 500] [--every 1000] [--json OUT]
 
 The demo preset on ONNX Runtime, runtime.camera.run_loop with overlays drawn, generated 360x480 frames
-(runtime.profile.generated_frames: a scene cut every 30 frames), no vocabulary: the classes are each
+(runtime.profile.generated_frames over llmformer.data.frames.demo_frame: a scene cut every 30 frames), no vocabulary: the classes are each
 caption's objects, so the vocabulary changes with every caption. Captions refresh asynchronously every
 --caption-every frames and on scene changes, through the build's real (tiny, random) captioner; its text is
 noise, so the caption function returns the demo scenes' captions in turn after running it, as a trained
@@ -29,7 +29,7 @@ import runtime  # noqa: E402
 from benchmarks.common import machine  # noqa: E402
 from runtime.camera import run_loop  # noqa: E402
 from runtime.captioning import CaptionPolicy  # noqa: E402
-from runtime.demo import SCENES  # noqa: E402
+from llmformer.data.frames import DEMO_SCENES, demo_frame  # noqa: E402
 from runtime.profile import generated_frames  # noqa: E402
 from runtime.profiling import host_memory, open_fds, os_threads  # noqa: E402
 
@@ -56,7 +56,7 @@ def main(argv=None) -> int:
         def caption_fn(features):
             rt.caption(features)                     # the real decode loop: its cost and its allocations
             captions["n"] += 1
-            return SCENES[captions["n"] % len(SCENES)][0]
+            return DEMO_SCENES[captions["n"] % len(DEMO_SCENES)][0]
 
         rt.start_captioning(CaptionPolicy(every_frames=args.caption_every, scene_change=0.15), caption_fn=caption_fn)
         window = {"t": time.perf_counter()}
@@ -79,7 +79,7 @@ def main(argv=None) -> int:
 
         print(f"{rt}: {args.frames} frames, captions every {args.caption_every} frames and on scene changes",
               flush=True)
-        stats = run_loop(rt, generated_frames((360, 480)), None, max_frames=args.frames, render=True,
+        stats = run_loop(rt, generated_frames([demo_frame(i, (360, 480)) for i in range(8)]), None, max_frames=args.frames, render=True,
                          on_result=sample)
         peak = host_memory()["peak_rss_mib"]
     warm, end = samples[0], samples[-1]

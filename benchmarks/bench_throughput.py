@@ -2,7 +2,7 @@
 
     python benchmarks/bench_throughput.py [--artifacts DIR] [--frames 90] [--rounds 6] [--caption-every 30]
 
-One Runtime, the same pre-generated frames (runtime.profile.generated_frames: 360x480, a scene cut every 30
+One Runtime, the same pre-generated frames (runtime.profile.generated_frames over llmformer.data.frames.demo_frame: 360x480, a scene cut every 30
 frames) and the same vocabulary in every condition; each condition is the camera loop (runtime.camera.
 run_loop, overlays drawn) run for --warmup frames, then --frames measured frames (steady-state FPS), in
 short blocks:
@@ -40,11 +40,11 @@ import runtime  # noqa: E402
 from benchmarks.common import machine  # noqa: E402
 from runtime.camera import run_loop  # noqa: E402
 from runtime.captioning import CaptionPolicy  # noqa: E402
-from runtime.demo import SCENES  # noqa: E402
+from llmformer.data.frames import DEMO_SCENES, demo_frame  # noqa: E402
 from runtime.profile import generated_frames  # noqa: E402
 
-CAPTION, _ = SCENES[0]
-VOCABULARY = list(dict.fromkeys(n for _, names in SCENES for n in names))
+CAPTION, _ = DEMO_SCENES[0]
+VOCABULARY = list(dict.fromkeys(n for _, names in DEMO_SCENES for n in names))
 
 
 def ensure_artifacts(folder: Path) -> Path:
@@ -83,7 +83,7 @@ def main(argv=None) -> int:
     rt = runtime.load(ensure_artifacts(args.artifacts), threads=args.threads)
     if rt.captioner is None:
         raise SystemExit(f"{args.artifacts} has no captioner: build the demo preset with one")
-    frames = list(generated_frames((360, 480), args.warmup + args.frames))
+    frames = list(generated_frames([demo_frame(i, (360, 480)) for i in range(8)], args.warmup + args.frames))
     fixed = CaptionPolicy(every_frames=None, every_seconds=None, scene_change=None)
 
     # Costs, each alone: a frame of the loop, and one caption of the real captioner.

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from runtime.profiling import machine  # noqa: F401  (one description for benchmarks, profiles and TRAINING.json)
+from runtime.profiling import machine  # noqa: F401  (re-exported: one description for benchmarks, profiles, TRAINING.json)
 
 
 def pct(values, q) -> float:

@@ -10,7 +10,7 @@ the text encoder sees the phrases the runtime asks for; the vision tower sees pr
     feeds = data.record(artifact_folder, manifest)         # {"segmenter": [feeds, ...], ...}
 
 `captions.txt`: one caption per line, optionally `caption | class, class, ...` to give the vocabulary too. Without
-it the demo scenes' captions are used (runtime.demo.SCENES), cycled over the images.
+it the generated frames' scripted captions are used (llmformer.data.frames.DEMO_SCENES), cycled over the images.
 """
 from __future__ import annotations
 
@@ -18,9 +18,12 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
+
+from engines.contract import Manifest
+from engines.errors import LLMFormerError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 CAPTIONS_FILE = "captions.txt"
@@ -28,7 +31,7 @@ MIN_IMAGES = 1
 CAPTION_TOKENS = 8      # decode steps recorded per frame for the captioner's decoder
 
 
-class CalibrationError(ValueError):
+class CalibrationError(LLMFormerError, ValueError):
     """Calibration data that cannot be used; the message says which file and what to do."""
 
 
@@ -83,9 +86,9 @@ def read_captions(path: str | Path) -> list[tuple[str, list[str] | None]]:
 
 
 def default_captions() -> list[tuple[str, list[str] | None]]:
-    from runtime.demo import SCENES
+    from llmformer.data.frames import DEMO_SCENES
 
-    return [(caption, list(vocabulary)) for caption, vocabulary in SCENES]
+    return [(caption, list(vocabulary)) for caption, vocabulary in DEMO_SCENES]
 
 
 @dataclass
@@ -106,8 +109,8 @@ class CalibrationSet:
 
     @classmethod
     def demo(cls, count: int = 8, size: tuple[int, int] = (360, 480)) -> "CalibrationSet":
-        """Deterministic synthetic frames (runtime.demo.demo_frame) with the demo captions."""
-        from runtime.demo import demo_frame
+        """Deterministic generated frames (llmformer.data.frames.demo_frame) with their scripted captions."""
+        from llmformer.data.frames import demo_frame
 
         return cls([demo_frame(i, size) for i in range(count)], default_captions(), f"demo frames 0-{count - 1}")
 
@@ -125,7 +128,7 @@ class CalibrationSet:
             caption, vocabulary = self.captions[i % len(self.captions)]
             yield frame, caption, vocabulary
 
-    def record(self, folder: str | Path, manifest: Mapping[str, Any]) -> dict[str, list[dict[str, np.ndarray]]]:
+    def record(self, folder: str | Path, manifest: Manifest) -> dict[str, list[dict[str, np.ndarray]]]:
         """Run the FP32 pipeline of the artifact `folder` (its `manifest`, which may still be unpublished) on
         every frame; return each component's recorded input feeds, in call order."""
         from engines.onnxruntime_engine import OnnxRuntimeEngine
@@ -134,8 +137,8 @@ class CalibrationSet:
         folder = Path(folder)
         recorders = {name: _Recorder(OnnxRuntimeEngine.from_component(name, folder, comp,
                                                                       providers=["CPUExecutionProvider"]))
-                     for name, comp in manifest["components"].items()}
-        rt = Runtime(folder, dict(manifest), "onnxruntime", recorders, cache_size=0)
+                     for name, comp in manifest.components.items()}
+        rt = Runtime(folder, manifest, "onnxruntime", recorders, cache_size=0)
         try:
             for frame, caption, vocabulary in self.cases():
                 rt.segment(frame, vocabulary=vocabulary, caption=caption)

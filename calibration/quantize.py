@@ -28,13 +28,20 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from engines.manifest import atomic_write_bytes
+from calibration.data import CalibrationError, FeedReader
+from calibration.graphs import Feeds, check_onnx, name_nodes, output_errors, run
+from engines.errors import LLMFormerError
+from engines.files import atomic_write_bytes
 
 METHODS = ("entropy", "percentile", "minmax")
 CACHE_VERSION = 1
 DEFAULT_LAYER_TOLERANCE = 0.08       # isolated relative output error above which a layer stays FP32
 ANALYSIS_SAMPLES = 4                 # feeds used for the per-layer measurement
-Feeds = Mapping[str, np.ndarray]
+
+
+class NothingToQuantize(LLMFormerError, ValueError):
+    """A graph with no Conv / MatMul / Gemm weights (an embedding table): it stays FP32."""
+
 
 
 def quantizable_layers(model: onnx.ModelProto) -> list[str]:
@@ -67,7 +74,6 @@ def _quantize(model_path: Path, out_path: Path, feeds: Sequence[Feeds] | None, l
 
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
-    from calibration.data import FeedReader
 
     # ONNX Runtime's quantizer prints progress and advice on stdout and the root logger; the report says the rest.
     root, level = logging.getLogger(), logging.getLogger().level
@@ -134,18 +140,12 @@ def quantize_int8(model: onnx.ModelProto, out_path: str | Path, feeds: Sequence[
                   exclude: Sequence[str] = (), cache_dir: str | Path | None = None, calib_fingerprint: str = "",
                   fp32_sha256: str = "", log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
     """Write the Q/DQ INT8 graph of `model` to `out_path`; return the report (see module docstring)."""
-    from export.precision import output_errors, run
-
     _ort_method(method)
     out_path = Path(out_path)
     model = copy.deepcopy(model)
-    from export.precision import _name_nodes
-
-    _name_nodes(model)
+    name_nodes(model)
     layers = quantizable_layers(model)
     if not layers:
-        from export.precision import NothingToQuantize
-
         raise NothingToQuantize(f"{component}: no Conv/MatMul/Gemm with constant weights to quantize")
     fp32_sha256 = fp32_sha256 or hashlib.sha256(model.SerializeToString()).hexdigest()
     key = _cache_key(fp32_sha256, calib_fingerprint or _feeds_fingerprint(feeds), method, percentile,
@@ -174,14 +174,12 @@ def quantize_int8(model: onnx.ModelProto, out_path: str | Path, feeds: Sequence[
         excluded = sorted(set(excluded) | set(exclude))
         keep = [name for name in layers if name not in excluded]
         if not keep:
-            raise ValueError(f"{component}: every layer loses more than {layer_tolerance:.0%} in INT8; "
+            raise CalibrationError(f"{component}: every layer loses more than {layer_tolerance:.0%} in INT8; "
                              f"raise the tolerance or recalibrate with more representative images")
         final = tmp / "int8.onnx"
         _quantize(fp32_path, final, None, keep, method, percentile, ranges_path)  # ranges from the cache
         quantized = onnx.load(str(final))
         _check_tensorrt_form(quantized, component)
-        from export.onnx_utils import check_onnx
-
         check_onnx(quantized)
         atomic_write_bytes(out_path, quantized.SerializeToString())
     errors = output_errors(reference, run(out_path, feeds))
@@ -293,7 +291,6 @@ def _dequantize(dq: onnx.NodeProto, inits: Mapping[str, onnx.TensorProto]) -> np
 
 
 def _run_with_taps(model: onnx.ModelProto, feeds: Sequence[Feeds], taps: Sequence[str]) -> list[dict[str, np.ndarray]]:
-    from export.precision import run
 
     tapped = copy.deepcopy(model)
     present = {o.name for o in tapped.graph.output}
@@ -307,7 +304,6 @@ def _run_with_taps(model: onnx.ModelProto, feeds: Sequence[Feeds], taps: Sequenc
 def _run_node(node: onnx.NodeProto, xs: Sequence[np.ndarray], w: np.ndarray, extra: Sequence[np.ndarray]
               ) -> list[np.ndarray]:
     """One Conv/MatMul/Gemm node alone, on each input in `xs`, with weight `w` (and bias/C in `extra`)."""
-    from export.precision import run
 
     inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [f"d{i}" for i in range(xs[0].ndim)])]
     inits = [numpy_helper.from_array(w.astype(np.float32), "w")]

@@ -3,64 +3,15 @@ from __future__ import annotations
 
 import importlib.util
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
+from engines.contract import ComponentEntry, TensorSpec
+from engines.errors import EngineError
+
 BACKENDS = ("onnxruntime", "tensorrt", "torch")
-
-
-class EngineError(RuntimeError):
-    """An engine could not be created or run; the message says what to do."""
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """One named input or output. `shape` holds ints for fixed axes and strings for dynamic ones;
-    `min_shape`/`max_shape` give the range of the dynamic axes (what TensorRT profiles are made from)."""
-
-    name: str
-    dtype: str                      # numpy dtype name: "float32", "int64", ...
-    shape: tuple[int | str, ...]
-    min_shape: tuple[int, ...] | None = None
-    max_shape: tuple[int, ...] | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["shape"] = list(self.shape)
-        for k in ("min_shape", "max_shape"):
-            d[k] = None if d[k] is None else list(d[k])
-        return d
-
-    @classmethod
-    def from_json(cls, d: Mapping[str, Any]) -> "TensorSpec":
-        return cls(
-            name=d["name"], dtype=d["dtype"], shape=tuple(d["shape"]),
-            min_shape=None if d.get("min_shape") is None else tuple(d["min_shape"]),
-            max_shape=None if d.get("max_shape") is None else tuple(d["max_shape"]),
-        )
-
-    def check(self, array: np.ndarray, component: str) -> None:
-        """Raise a clear error when `array` cannot be fed as this input."""
-        if not isinstance(array, np.ndarray):
-            raise EngineError(f"{component}: input '{self.name}' must be a numpy array, got {type(array).__name__}")
-        if array.dtype != np.dtype(self.dtype):
-            raise EngineError(f"{component}: input '{self.name}' must be {self.dtype}, got {array.dtype}")
-        if array.ndim != len(self.shape):
-            raise EngineError(f"{component}: input '{self.name}' must have {len(self.shape)} dims "
-                              f"{list(self.shape)}, got shape {list(array.shape)}")
-        for axis, (want, got) in enumerate(zip(self.shape, array.shape)):
-            if isinstance(want, int) and want != got:
-                raise EngineError(f"{component}: input '{self.name}' axis {axis} must be {want}, "
-                                  f"got shape {list(array.shape)}")
-            if self.min_shape is not None and got < self.min_shape[axis]:
-                raise EngineError(f"{component}: input '{self.name}' axis {axis} is {got}, below the "
-                                  f"built minimum {self.min_shape[axis]}")
-            if self.max_shape is not None and got > self.max_shape[axis]:
-                raise EngineError(f"{component}: input '{self.name}' axis {axis} is {got}, above the "
-                                  f"built maximum {self.max_shape[axis]}; rebuild with a larger range")
 
 
 class Engine(ABC):
@@ -120,8 +71,8 @@ def available_backends() -> list[str]:
     return [b for b in BACKENDS if backend_importable(b)]
 
 
-def create_engine(backend: str, name: str, folder: Path, component: Mapping[str, Any], **options: Any) -> Engine:
-    """Make the engine for one manifest component entry. Backends are imported lazily so that the
+def create_engine(backend: str, name: str, folder: Path, component: ComponentEntry, **options: Any) -> Engine:
+    """Make the engine for one manifest component. Backends are imported lazily so that the
     ONNX Runtime path never imports torch."""
     if backend not in BACKENDS:
         raise EngineError(f"unknown backend '{backend}': choose one of {', '.join(BACKENDS)}")

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import onnxruntime as ort
 
-from engines.base import Engine, EngineError, TensorSpec
+from engines.base import Engine
+from engines.contract import ComponentEntry, TensorSpec
+from engines.errors import EngineError
 
 _ORT_DTYPES = {
     "tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
@@ -58,11 +60,9 @@ class OnnxRuntimeEngine(Engine):
         return TensorSpec(arg.name, _ORT_DTYPES.get(arg.type, arg.type), shape)
 
     @classmethod
-    def from_component(cls, name: str, folder: Path, component: Mapping[str, Any], providers=None,
+    def from_component(cls, name: str, folder: Path, component: ComponentEntry, providers=None,
                        threads: int | None = None, spin: bool = False, **_: Any) -> "OnnxRuntimeEngine":
-        return cls(name, Path(folder) / component["onnx"]["file"],
-                   [TensorSpec.from_json(s) for s in component["inputs"]],
-                   [TensorSpec.from_json(s) for s in component["outputs"]],
+        return cls(name, Path(folder) / component.onnx.file, component.inputs, component.outputs,
                    providers=providers, threads=threads, spin=spin)
 
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

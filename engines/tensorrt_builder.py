@@ -27,14 +27,12 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Callable, Sequence
 
-if __package__ in (None, ""):  # run as a script: make the repository's packages importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from engines.base import EngineError, TensorSpec  # noqa: E402
-from engines.manifest import atomic_write_bytes, sha256_file  # noqa: E402
-from llmformer.names import CLASS_AXIS, PHRASES_AXIS, PRIORS_AXIS, VOCAB_AXIS  # noqa: E402
+from engines.contract import (CLASS_AXIS, PHRASES_AXIS, PRIORS_AXIS, VOCAB_AXIS, ComponentEntry, Manifest,
+                              TensorRTEngineEntry, file_entry)
+from engines.errors import EngineError
+from engines.files import atomic_write_bytes, sha256_file
 
 PLUGINS_ENV = "LLMFORMER_PLUGINS"
 PLUGIN_LIBRARY = "libllmformer_plugins.so"
@@ -106,14 +104,14 @@ def graph_needs_plugin(onnx_path: Path) -> bool:
 
 
 # ------------------------------------------------------------------------------------------------- profiles
-def profiles_for(component: Mapping[str, Any]) -> list[dict[str, tuple[tuple[int, ...], ...]]]:
+def profiles_for(component: ComponentEntry) -> list[dict[str, tuple[tuple[int, ...], ...]]]:
     """Optimization profiles as [{input: (min, opt, max)}]: the component's own `profiles` if it lists any, else
     one profile over the manifest's shape ranges. Static inputs need no profile entry."""
-    if component.get("profiles"):
+    if component.profiles:
         return [{name: tuple(tuple(int(d) for d in s) for s in shapes) for name, shapes in p.items()}
-                for p in component["profiles"]]
+                for p in component.profiles]
     profile = {}
-    for spec in (TensorSpec.from_json(s) for s in component["inputs"]):
+    for spec in component.inputs:
         if spec.min_shape is None:
             continue
         if spec.max_shape is None:
@@ -163,13 +161,11 @@ def gpu_count() -> int:
 
 
 # ------------------------------------------------------------------------------------------------- build
-def build_engine(onnx_path: str | Path, engine_path: str | Path, component: Mapping[str, Any], *,
+def build_engine(onnx_path: str | Path, engine_path: str | Path, component: ComponentEntry, *,
                  plugins: str | Path | None = None, workspace: int = DEFAULT_WORKSPACE,
-                 timing_cache: str | Path | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+                 timing_cache: str | Path | None = None, log: Callable[[str], None] = print) -> TensorRTEngineEntry:
     """Build and write one engine (atomically); return its manifest entry."""
     import tensorrt as trt
-
-    from engines.manifest import file_entry
 
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)
     logger = trt.Logger(trt.Logger.WARNING)
@@ -206,24 +202,26 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, component: Mapp
     if cache_file is not None:
         atomic_write_bytes(cache_file, memoryview(config.get_timing_cache().serialize()).tobytes())
     log(f"  built {engine_path.name} from {onnx_path.name} in {time.perf_counter() - t:.1f} s")
-    return {**file_entry(engine_path.parent, engine_path.name), "trt_version": trt.__version__,
-            "compute_capability": compute_capability(), "plugin_sha256": plugin_hash,
-            "workspace_bytes": int(workspace),
-            "profiles": [{n: [list(s) for s in v] for n, v in p.items()} for p in profiles]}
+    written = file_entry(engine_path.parent, engine_path.name)
+    return TensorRTEngineEntry(written.file, written.sha256, written.size, trt_version=trt.__version__,
+                               compute_capability=compute_capability(), plugin_sha256=plugin_hash,
+                               workspace_bytes=int(workspace),
+                               profiles=[{n: [list(s) for s in v] for n, v in p.items()} for p in profiles])
 
 
-def build_artifacts(folder: str | Path, manifest: dict[str, Any], *, plugins: str | Path | None = None,
+def build_artifacts(folder: str | Path, manifest: Manifest, *, plugins: str | Path | None = None,
                     workspace: int = DEFAULT_WORKSPACE, timing_cache: str | Path | None = None,
-                    components: Sequence[str] | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+                    components: Sequence[str] | None = None, log: Callable[[str], None] = print) -> Manifest:
     """Build an engine for each component of the folder's `manifest` (in place: `components.<name>.tensorrt`)."""
     folder = Path(folder)
-    for name, entry in manifest["components"].items():
+    for name, entry in manifest.components.items():
         if components is not None and name not in components:
             continue
-        source = (entry.get("onnx_tensorrt") or entry["onnx"])["file"]
+        source = (entry.onnx_tensorrt or entry.onnx).file
         engine_name = f"{Path(source).stem}{ENGINE_SUFFIX}"
-        entry["tensorrt"] = build_engine(folder / source, folder / engine_name, entry, plugins=plugins,
-                                         workspace=workspace, timing_cache=timing_cache, log=log)
+        entry.tensorrt = build_engine(folder / source, folder / engine_name, entry, plugins=plugins,
+                                      workspace=workspace, timing_cache=timing_cache, log=log)
+    manifest.backend = "tensorrt"
     return manifest
 
 
@@ -238,18 +236,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from engines.base import backend_importable
-    from engines.manifest import read_manifest, write_manifest
+    from engines.contract import read_manifest, write_manifest
 
     if not backend_importable("tensorrt"):
         print("error: TensorRT is not installed here; engines are built on the device that runs them "
               "(JetPack 6 ships TensorRT 10.3)", file=sys.stderr)
         return 2
     manifest = read_manifest(args.artifacts, verify=True)
-    manifest.pop("format", None)
-    manifest.pop("format_version", None)
     build_artifacts(args.artifacts, manifest, plugins=args.plugins, workspace=int(args.workspace_gb * (1 << 30)),
                     timing_cache=args.timing_cache or args.artifacts / "timing.cache", components=args.components)
-    manifest["backend"] = "tensorrt"
     write_manifest(args.artifacts, manifest)
     print(f"engines recorded in {args.artifacts / 'manifest.json'}")
     return 0

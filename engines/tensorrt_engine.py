@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-from engines.base import Engine, EngineError, TensorSpec
+from engines.base import Engine
+from engines.contract import ComponentEntry, Manifest, TensorRTEngineEntry, TensorSpec
+from engines.errors import EngineError
 from engines.tensorrt_builder import (REBUILD, compute_capability, cuda_check, cudart, load_plugins, plugin_library,
                                       plugin_sha256)
 
@@ -40,7 +42,7 @@ class TensorRTEngine(Engine):
     backend = "tensorrt"
 
     def __init__(self, name: str, engine_path: Path, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec],
-                 built: Mapping[str, Any] | None = None, plugins: str | Path | None = None,
+                 built: TensorRTEngineEntry | None = None, plugins: str | Path | None = None,
                  cuda_graph: bool | None = None, device: int = 0, rebuild_hint: str = ""):
         import tensorrt as trt
 
@@ -48,7 +50,7 @@ class TensorRTEngine(Engine):
         self._buffers: dict[str, int] = {}
         self._stream = None
         self._graph_exec = None
-        built = dict(built or {})
+        built = built.to_json() if built is not None else {}
         hint = rebuild_hint or REBUILD.format(folder=Path(engine_path).parent)
         here_cc = compute_capability(device)
         made = f"{Path(engine_path).name} was built with TensorRT {built.get('trt_version', '?')} on " \
@@ -98,14 +100,13 @@ class TensorRTEngine(Engine):
                 raise EngineError(f"{name}: TensorRT did not accept the buffer for '{spec.name}'")
 
     @classmethod
-    def from_component(cls, name: str, folder: Path, component: Mapping[str, Any], plugins=None,
+    def from_component(cls, name: str, folder: Path, component: ComponentEntry, plugins=None,
                        cuda_graph: bool | None = None, **_: Any) -> "TensorRTEngine":
-        entry = component.get("tensorrt")
-        if not entry:
+        entry = component.tensorrt
+        if entry is None:
             raise EngineError(f"{name}: the artifact folder {folder} has no TensorRT engine for it: "
                               f"{REBUILD.format(folder=folder)}")
-        return cls(name, Path(folder) / entry["file"], [TensorSpec.from_json(s) for s in component["inputs"]],
-                   [TensorSpec.from_json(s) for s in component["outputs"]], built=entry, plugins=plugins,
+        return cls(name, Path(folder) / entry.file, component.inputs, component.outputs, built=entry, plugins=plugins,
                    cuda_graph=cuda_graph, rebuild_hint=REBUILD.format(folder=folder))
 
     @property
@@ -181,14 +182,14 @@ class TensorRTEngine(Engine):
         super().close()
 
 
-def tensorrt_usable(manifest: Mapping[str, Any]) -> tuple[bool, str]:
+def tensorrt_usable(manifest: Manifest) -> tuple[bool, str]:
     """Whether `runtime.load(backend=None)` should pick TensorRT for this folder, and why not when it should not."""
     from engines.base import backend_importable
     from engines.tensorrt_builder import gpu_count
 
     if not backend_importable("tensorrt"):
         return False, "tensorrt is not installed"
-    missing = [n for n, c in manifest["components"].items() if not c.get("tensorrt")]
+    missing = [n for n, c in manifest.components.items() if c.tensorrt is None]
     if missing:
         return False, f"no TensorRT engines for {', '.join(missing)}"
     try:

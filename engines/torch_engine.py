@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
 
-from engines.base import Engine, EngineError, TensorSpec
+from engines.base import Engine
+from engines.contract import ComponentEntry, TensorSpec
+from engines.errors import EngineError
 
 
 class TorchEngine(Engine):
@@ -29,25 +31,23 @@ class TorchEngine(Engine):
                 self._msda = msda_op.use_cuda_kernel
 
     @classmethod
-    def from_component(cls, name: str, folder: Path, component: Mapping[str, Any], device: str | None = None,
+    def from_component(cls, name: str, folder: Path, component: ComponentEntry, device: str | None = None,
                        threads: int | None = None, **_: Any) -> "TorchEngine":
         from llmformer.checkpoint import CheckpointError, load_component
 
-        weights, captioner = component.get("weights"), component.get("torch")
+        source = component.torch
         try:
-            if captioner:  # one part of a transformers LLaVA checkpoint saved beside the graphs
+            if source is not None:  # one part of a transformers LLaVA checkpoint saved beside the graphs
                 from llmformer.captioner import captioner_part
 
-                module = captioner_part(Path(folder) / captioner["captioner"], captioner["part"],
-                                        captioner.get("segmenter_layers", ()))
-            elif weights:
-                module = load_component(Path(folder) / weights["file"])
+                module = captioner_part(Path(folder) / source.captioner, source.part, source.segmenter_layers)
+            elif component.weights is not None:
+                module = load_component(Path(folder) / component.weights.file)
             else:
                 raise EngineError(f"{name}: this build has no PyTorch weights; rebuild with build_engines.py")
         except (CheckpointError, ValueError, OSError) as exc:
             raise EngineError(f"{name}: {exc}") from exc
-        return cls(name, module, [TensorSpec.from_json(s) for s in component["inputs"]],
-                   [TensorSpec.from_json(s) for s in component["outputs"]], device=device, threads=threads)
+        return cls(name, module, component.inputs, component.outputs, device=device, threads=threads)
 
     def close(self) -> None:
         self.module = None

@@ -21,15 +21,46 @@ import tempfile
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository's packages importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
 
-from engines.base import BACKENDS, backend_importable  # noqa: E402
-from engines.manifest import MANIFEST_NAME, file_entry, write_manifest  # noqa: E402
+from engines.base import BACKENDS, backend_importable
+from engines.contract import (CAPTIONER_DECODER, CAPTIONER_EMBED, CAPTIONER_VISION, MANIFEST_NAME, SEGMENTER,
+                              VISION_TOWER, CaptionerEntry, ComponentEntry, Manifest, Preprocess, Sample, TorchSource,
+                              file_entry, write_manifest)
+from engines.errors import LLMFormerError
 
 PRECISIONS = ("fp32", "fp16", "int8")   # export/precision.py makes fp16 and int8 from the fp32 export
 TOKENIZER_FILE = "tokenizer.json"
 CAPTIONER_DIR = "captioner"  # the captioner checkpoint (transformers format), for the PyTorch backend
+SAMPLES_DIR = "samples"      # frames for runtime.demo and the profiler (see write_samples)
+
+
+class BuildError(LLMFormerError, ValueError):
+    """A build that cannot be made as asked; the message says which option to change."""
+
+
+@dataclasses.dataclass
+class BuildConfig:
+    """What to build: the command line's options, typed. `parse_args()` makes one from argv."""
+
+    preset: str = "demo"
+    out: Path | None = None                 # default artifacts/<preset>
+    backend: str | None = None              # default: tensorrt where it and a GPU are present, else onnxruntime
+    precision: str = "fp32"
+    calib: Path | None = None
+    calib_method: str = "entropy"
+    int8_tolerance: float | None = None
+    calib_cache: Path | None = None
+    plugins: Path | None = None
+    workspace_gb: float = 2.0
+    segmenter: Path | None = None
+    vision_tower: Path | None = None
+    text_encoder: Path | None = None
+    captioner: Path | None = None
+    no_captioner: bool = False
+    opset: int = 17
+    seed: int = 0
+    skip_validation: bool = False
 
 
 def log(msg: str) -> None:
@@ -58,7 +89,7 @@ def versions() -> dict[str, str]:
     return out
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def parse_args(argv=None) -> BuildConfig:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="demo", choices=("demo", "edge", "paper"))
@@ -88,40 +119,40 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--opset", type=int, default=17, help="ONNX opset (17 or newer)")
     ap.add_argument("--seed", type=int, default=0, help="seed for random weights")
     ap.add_argument("--skip-validation", action="store_true", help="skip the ONNX Runtime vs PyTorch check")
-    return ap.parse_args(argv)
+    return BuildConfig(**vars(ap.parse_args(argv)))
 
 
-def build(args: argparse.Namespace, preset=None) -> Path:
-    """Build the artifact folder `args.out`; `preset` overrides `--preset` (tests pass tiny ones)."""
+def build(args: BuildConfig, preset=None) -> Path:
+    """Build the artifact folder `args.out`; `preset` overrides `args.preset` (tests pass tiny ones).
+
+    Raises BuildError for options that cannot be built, and the project's other errors (CheckpointError,
+    CalibrationError, EngineError, ...) from the step that failed; all are LLMFormerErrors."""
     import torch
 
     from export.components import (DEFAULT_RANGES, Component, segmenter_component, text_encoder_component,
                                    vision_tower_component)
     from llmformer.captioner import CaptionerVision, build_tiny_captioner, load_captioner, save_captioner
-    from llmformer.names import CAPTIONER_DECODER, CAPTIONER_EMBED, CAPTIONER_VISION
-    from export.onnx_utils import check_onnx, export_onnx, graph_specs
+    from calibration.graphs import check_onnx
+    from export.onnx_utils import export_onnx, graph_specs
     from llmformer.checkpoint import load_segmenter, save_component
     from llmformer.presets import IMAGENET_MEAN, IMAGENET_STD, get_preset
     from llmformer.segmenter import LLMFormerSegmenter
     from llmformer.text_encoder import build_text_encoder, tokenizer_file
     from llmformer.vision_tower import VisionTower, build_vision_model
-    from runtime.priors import parser_model
+    from runtime.nlp import parser_model
 
     if args.opset < 17:
-        raise SystemExit(f"--opset {args.opset}: GridSample (MSDA) needs opset 16+, and this project builds 17+")
+        raise BuildError(f"--opset {args.opset}: GridSample (MSDA) needs opset 16+, and this project builds 17+")
     backend = args.backend or default_backend()
     if backend == "tensorrt" and not backend_importable("tensorrt"):
-        raise SystemExit("--backend tensorrt: TensorRT is not installed here. TensorRT engines are built on the "
+        raise BuildError("--backend tensorrt: TensorRT is not installed here. TensorRT engines are built on the "
                          "target device; use --backend onnxruntime here")
     if args.int8_tolerance is not None and (args.precision != "int8" or not 0 < args.int8_tolerance < 1):
-        raise SystemExit(f"--int8-tolerance {args.int8_tolerance}: give a relative error in (0, 1), with --precision int8")
+        raise BuildError(f"--int8-tolerance {args.int8_tolerance}: give a relative error in (0, 1), with --precision int8")
     if args.precision != "fp32":
         from export.precision import check_args
 
-        try:
-            check_args(args.precision, args.calib)  # before any export: a bad --calib fails in a second
-        except ValueError as exc:
-            raise SystemExit(f"error: {exc}") from exc
+        check_args(args.precision, args.calib)  # before any export: a bad --calib fails in a second
     preset = preset or get_preset(args.preset)
     out = Path(args.out or Path("artifacts") / preset.name)
     if args.vision_tower:
@@ -134,7 +165,7 @@ def build(args: argparse.Namespace, preset=None) -> Path:
     t_all = time.perf_counter()
     captioner_source = None if args.no_captioner else (str(args.captioner) if args.captioner else preset.captioner)
     if captioner_source and args.vision_tower:
-        raise SystemExit("--vision-tower and a captioner both bring a vision tower: the segmenter shares the "
+        raise BuildError("--vision-tower and a captioner both bring a vision tower: the segmenter shares the "
                          "captioner's (one tower pass per frame); drop --vision-tower or pass --no-captioner")
     log(f"building preset '{preset.name}' -> {out} (backend {backend}, {args.precision}, opset {args.opset})")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -196,15 +227,13 @@ def build(args: argparse.Namespace, preset=None) -> Path:
                                 comp.names.outputs, comp.dynamic_axes, args.opset)
             inferred = check_onnx(model)
             save_component(comp.module, staging / weights_name)
-            entries[comp.name] = {
-                "precision": args.precision,
-                "onnx": file_entry(staging, onnx_name),
-                "weights": file_entry(staging, weights_name),
-                "inputs": [s.to_json() for s in graph_specs(inferred, "inputs", DEFAULT_RANGES)],
-                "outputs": [s.to_json() for s in graph_specs(inferred, "outputs", DEFAULT_RANGES)],
-                "random_weights": comp.name in random_parts,
-            }
-            log(f"  exported {comp.name:<17} {entries[comp.name]['onnx']['size'] / 1e6:8.1f} MB "
+            entries[comp.name] = ComponentEntry(
+                precision=args.precision, onnx=file_entry(staging, onnx_name),
+                weights=file_entry(staging, weights_name),
+                inputs=graph_specs(inferred, "inputs", DEFAULT_RANGES),
+                outputs=graph_specs(inferred, "outputs", DEFAULT_RANGES),
+                random_weights=comp.name in random_parts)
+            log(f"  exported {comp.name:<17} {entries[comp.name].onnx.size / 1e6:8.1f} MB "
                 f"({time.perf_counter() - t:.1f} s)")
         shutil.copyfile(tokenizer_file(preset.text_encoder), staging / TOKENIZER_FILE)
         captioner_info = None
@@ -219,39 +248,36 @@ def build(args: argparse.Namespace, preset=None) -> Path:
             if captioner is not None:
                 layers = preset.vision_tower.feature_layers
                 pixels = vision_tower_component(preset, tower, args.seed).example
-                checks.insert(0, Component(CAPTIONER_VISION, CaptionerVision(captioner.model, layers), pixels))
+                checks.insert(0, Component(CAPTIONER_VISION.names, CaptionerVision(captioner.model, layers), pixels))
             for comp in checks:
                 t = time.perf_counter()
-                entries[comp.name]["max_abs_diff_vs_torch"] = validate(comp, staging / entries[comp.name]["onnx"]["file"])
+                entry = entries[comp.name]
+                entry.max_abs_diff_vs_torch = validate(comp, staging / entry.onnx.file)
                 log(f"  validated {comp.name:<16} max |ORT - PyTorch| = "
-                    f"{entries[comp.name]['max_abs_diff_vs_torch']:.2e} ({time.perf_counter() - t:.1f} s)")
+                    f"{entry.max_abs_diff_vs_torch:.2e} ({time.perf_counter() - t:.1f} s)")
             if captioner is not None:
                 t = time.perf_counter()
                 same = validate_caption(staging, entries, captioner_info)
                 for name in (CAPTIONER_EMBED.component, CAPTIONER_DECODER.component):
-                    entries[name]["greedy_tokens_match_torch"] = same
+                    entries[name].greedy_tokens_match_torch = same
                 log(f"  validated captioner greedy tokens ORT == PyTorch: {same} ({time.perf_counter() - t:.1f} s)")
                 if not same:
-                    raise SystemExit("the exported captioner does not decode like PyTorch; not publishing")
+                    raise BuildError("the exported captioner does not decode like PyTorch; not publishing")
 
-        manifest = {
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "preset": preset.to_json(),
-            "backend": backend,
-            "precision": args.precision,
-            "opset": args.opset,
-            "tokenizer": {**file_entry(staging, TOKENIZER_FILE), "max_length": preset.text_encoder.max_length},
-            "preprocess": {
-                "vision_tower": {"size": preset.vision_tower.image_size, "mean": list(preset.vision_tower.mean),
-                                 "std": list(preset.vision_tower.std)},
-                "segmenter": {"size": preset.segmenter.frame_size, "mean": list(IMAGENET_MEAN),
-                              "std": list(IMAGENET_STD)},
+        samples = write_samples(staging, trained=not random_parts and preset.name == "demo",
+                                size=preset.segmenter.frame_size)
+        manifest = Manifest(
+            created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            preset=preset.to_json(), backend=backend, precision=args.precision, opset=args.opset,
+            tokenizer=file_entry(staging, TOKENIZER_FILE), max_length=preset.text_encoder.max_length,
+            preprocess={
+                VISION_TOWER.component: Preprocess(preset.vision_tower.image_size, tuple(preset.vision_tower.mean),
+                                                   tuple(preset.vision_tower.std)),
+                SEGMENTER.component: Preprocess(preset.segmenter.frame_size, tuple(IMAGENET_MEAN), tuple(IMAGENET_STD)),
             },
-            "priors": {"parser": parser_model()},
-            "captioner": captioner_info,
-            "components": entries,
-            "versions": versions(),
-        }
+            parser=parser_model(), captioner=captioner_info, components=entries, samples=samples,
+            versions=versions())
+        manifest.check_graphs()
         if args.precision != "fp32":
             from export.precision import convert_artifacts
 
@@ -281,7 +307,7 @@ def sync_with_loaded_models(preset, tower, text):
                              num_heads=hf.num_attention_heads, intermediate_size=hf.intermediate_size)
     bad = [i for i in vt.feature_layers if not 0 <= i <= vt.num_layers]
     if bad:
-        raise SystemExit(f"vision tower has {vt.num_layers} layers; feature layers {bad} do not exist")
+        raise BuildError(f"vision tower has {vt.num_layers} layers; feature layers {bad} do not exist")
     tc = text.model.config
     embed = getattr(tc, "projection_dim", None) if text.kind == "clip" else tc.hidden_size
     te = dataclasses.replace(preset.text_encoder, embed_dim=int(embed), hidden_size=tc.hidden_size,
@@ -299,11 +325,12 @@ def check_segmenter_fits(preset) -> None:
     wrong = {k: (getattr(s, k), v) for k, v in want.items() if getattr(s, k) != v}
     if wrong:
         detail = ", ".join(f"{k} {a} (towers give {b})" for k, (a, b) in wrong.items())
-        raise SystemExit(f"the segmenter checkpoint does not fit the vision tower / text encoder: {detail}; "
+        raise BuildError(f"the segmenter checkpoint does not fit the vision tower / text encoder: {detail}; "
                          f"pass the tower and text encoder it was trained with")
 
 
-def export_captioner_entries(captioner, staging: Path, preset, args, entries: dict, random: bool) -> dict:
+def export_captioner_entries(captioner, staging: Path, preset, args: BuildConfig, entries: dict[str, ComponentEntry],
+                             random: bool) -> CaptionerEntry:
     """Export the captioner's three graphs into `staging`, add their manifest entries to `entries`, and
     return the manifest's captioner section (tokenizer, prompt format, context)."""
     from export.captioner import export_captioner
@@ -313,28 +340,48 @@ def export_captioner_entries(captioner, staging: Path, preset, args, entries: di
                   for p in sorted((staging / CAPTIONER_DIR).rglob("*")) if p.is_file()]
     parts = {"vision": exp.vision, "embed": exp.embed, "decoder": exp.decoder}
     for part, graph in parts.items():
-        entries[graph.names.component] = {
-            "precision": args.precision,
-            "onnx": file_entry(staging, graph.file),
-            "data_files": [file_entry(staging, f) for f in graph.data_files],
-            "inputs": [s.to_json() for s in graph.inputs],
-            "outputs": [s.to_json() for s in graph.outputs],
-            "profiles": graph.profiles,
-            "torch": {"captioner": CAPTIONER_DIR, "part": part, "segmenter_layers": list(preset.vision_tower.feature_layers),
-                      "files": checkpoint},
-            "random_weights": random,
-        }
-    return {"tokenizer": file_entry(staging, exp.tokenizer_file), "prompt": file_entry(staging, exp.prompt_file),
-            "max_context": exp.max_context, "image_tokens": exp.image_tokens}
+        entries[graph.names.component] = ComponentEntry(
+            precision=args.precision, onnx=file_entry(staging, graph.file),
+            data_files=[file_entry(staging, f) for f in graph.data_files],
+            inputs=list(graph.inputs), outputs=list(graph.outputs),
+            profiles=[{n: [list(s) for s in shapes] for n, shapes in p.items()} for p in graph.profiles],
+            torch=TorchSource(CAPTIONER_DIR, part, list(preset.vision_tower.feature_layers), checkpoint),
+            random_weights=random)
+    return CaptionerEntry(file_entry(staging, exp.tokenizer_file), file_entry(staging, exp.prompt_file),
+                          max_context=exp.max_context, image_tokens=exp.image_tokens)
 
 
-def validate_caption(staging: Path, entries: dict, info: dict, tokens: int = 8) -> bool:
+def write_samples(folder: Path, trained: bool, size: int, count: int = 8) -> list[Sample]:
+    """Frames for `runtime.demo` and the profiler, written into the build (`samples/`): for the trained demo,
+    synthetic validation scenes with their labels and captions; otherwise generated frames with scripted
+    captions (a random model has nothing to recognise)."""
+    import cv2
+
+    from llmformer.data.frames import DEMO_SCENES, demo_frame
+    from llmformer.data.synthetic import make_scene
+
+    (folder / SAMPLES_DIR).mkdir()
+    samples = []
+    for i in range(count):
+        frame_name, labels = f"{SAMPLES_DIR}/frame_{i:03d}.png", None
+        if trained:
+            scene = make_scene("val", i, size=size)
+            frame, caption, vocabulary = scene.image, scene.caption, list(scene.classes)
+            labels = f"{SAMPLES_DIR}/labels_{i:03d}.png"
+            cv2.imwrite(str(folder / labels), scene.labels.astype(np.uint8))
+        else:
+            caption, vocabulary = DEMO_SCENES[i % len(DEMO_SCENES)]
+            frame = demo_frame(i)
+        cv2.imwrite(str(folder / frame_name), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+        samples.append(Sample(file_entry(folder, frame_name), caption, list(vocabulary),
+                              None if labels is None else file_entry(folder, labels)))
+    return samples
+
+
+def validate_caption(staging: Path, entries: dict[str, ComponentEntry], info: CaptionerEntry, tokens: int = 8) -> bool:
     """Greedy-decode one random image's caption on ONNX Runtime and on PyTorch: same tokens?"""
-    import numpy as np
-
     from engines.base import create_engine
     from llmformer.captioner import release_captioners
-    from llmformer.names import CAPTIONER_DECODER, CAPTIONER_EMBED
     from runtime.decode import CaptionDecoder
 
     captions = []
@@ -344,12 +391,12 @@ def validate_caption(staging: Path, entries: dict, info: dict, tokens: int = 8) 
         engines = {n: create_engine(backend, n, staging, entries[n], providers=["CPUExecutionProvider"]
                                     if backend == "onnxruntime" else None)
                    for n in (CAPTIONER_EMBED.component, CAPTIONER_DECODER.component)}
-        dec = CaptionDecoder.from_files(staging / info["tokenizer"]["file"], staging / info["prompt"]["file"],
+        dec = CaptionDecoder.from_files(staging / info.tokenizer.file, staging / info.prompt.file,
                                         engines[CAPTIONER_EMBED.component], engines[CAPTIONER_DECODER.component],
-                                        max_context=info["max_context"])
+                                        max_context=info.max_context)
         if embeds is None:
-            spec = entries[CAPTIONER_DECODER.component]["inputs"][0]
-            embeds = rng.standard_normal((1, info["image_tokens"], spec["shape"][2])).astype(np.float32)
+            width = entries[CAPTIONER_DECODER.component].input(CAPTIONER_DECODER.inputs_embeds).shape[2]
+            embeds = rng.standard_normal((1, info.image_tokens, width)).astype(np.float32)
         captions.append(dec.caption_embeds(embeds, max_new_tokens=tokens).token_ids)
         for engine in engines.values():
             engine.close()
@@ -359,7 +406,6 @@ def validate_caption(staging: Path, entries: dict, info: dict, tokens: int = 8) 
 
 def validate(comp, onnx_path: Path) -> float:
     """One ONNX Runtime run against PyTorch on the component's example inputs: max abs difference."""
-    import numpy as np
     import torch
 
     from engines.onnxruntime_engine import OnnxRuntimeEngine
@@ -372,7 +418,7 @@ def validate(comp, onnx_path: Path) -> float:
     return float(max(np.abs(got[n] - r.numpy()).max() for n, r in zip(comp.names.outputs, ref)))
 
 
-def publish(staging: Path, out: Path, manifest: dict) -> None:
+def publish(staging: Path, out: Path, manifest: Manifest) -> None:
     """Move the staged files into `out` and write the manifest last. The old manifest goes first, so
     until the new one lands the folder reads as 'no finished build', never as a mix of two builds."""
     out.mkdir(parents=True, exist_ok=True)
@@ -384,12 +430,12 @@ def publish(staging: Path, out: Path, manifest: dict) -> None:
     write_manifest(out, manifest)
 
 
-def summary(out: Path, entries: dict) -> None:
+def summary(out: Path, entries: dict[str, ComponentEntry]) -> None:
     rows = [("component", "file", "size", "precision", "max |ORT-PyTorch|")]
     for name, e in entries.items():
-        diff, tokens = e.get("max_abs_diff_vs_torch"), e.get("greedy_tokens_match_torch")
+        diff, tokens = e.max_abs_diff_vs_torch, e.greedy_tokens_match_torch
         check = f"{diff:.2e}" if diff is not None else ("greedy tokens equal" if tokens else "skipped")
-        rows.append((name, e["onnx"]["file"], f"{e['onnx']['size'] / 1e6:.1f} MB", e["precision"], check))
+        rows.append((name, e.onnx.file, f"{e.onnx.size / 1e6:.1f} MB", e.precision, check))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for i, r in enumerate(rows):
         log("  ".join(c.ljust(w) for c, w in zip(r, widths)))
@@ -398,7 +444,13 @@ def summary(out: Path, entries: dict) -> None:
 
 
 def main(argv=None) -> int:
-    build(parse_args(argv))
+    """The command: one line on stderr and exit status 2 for anything the user can fix, never a traceback."""
+    config = parse_args(argv)
+    try:
+        build(config)
+    except LLMFormerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -26,13 +26,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from engines.base import TensorSpec
-from llmformer.names import CAPTIONER_DECODER, CAPTIONER_EMBED, CAPTIONER_VISION, ComponentNames  # noqa: F401
+from engines.contract import TensorSpec
+from engines.contract import CAPTIONER_DECODER, CAPTIONER_EMBED, CAPTIONER_VISION, ComponentNames
 
 if TYPE_CHECKING:
     from llmformer.captioner import Captioner
 
-# Tensor names live in models/names.py with every other component's.
+# Tensor names live in engines/contract.py with every other component's.
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,7 @@ def export_captioner(captioner: Captioner, folder: str | Path, segmenter_layers:
     checked with onnx.checker and full shape inference. `segmenter_layers` are the tower hidden states the
     segmenter reads (the preset's `vision_tower.feature_layers`); `max_context` defaults to the model's
     max_position_embeddings."""
-    from engines.manifest import atomic_write_bytes
+    from engines.files import atomic_write_bytes
     from export.onnx_utils import DEFAULT_OPSET
     from llmformer.captioner import TOKENIZER_FILE
 
@@ -112,7 +112,8 @@ def export_captioner(captioner: Captioner, folder: str | Path, segmenter_layers:
     atomic_write_bytes(folder / files.prompt, (json.dumps(captioner.prompt, indent=2) + "\n").encode())
     return CaptionerExport(vision, embed, decoder, files.tokenizer, files.prompt,
                            max_context=_max_context(captioner, max_context),
-                           image_tokens=int(vision.outputs[0].shape[1]))
+                           image_tokens=int(next(s for s in vision.outputs
+                                                 if s.name == CAPTIONER_VISION.image_embeds).shape[1]))
 
 
 def export_vision(captioner: Captioner, path: str | Path, segmenter_layers: Sequence[int],
@@ -124,7 +125,7 @@ def export_vision(captioner: Captioner, path: str | Path, segmenter_layers: Sequ
     size = captioner.config.vision_config.image_size
     module = CaptionerVision(captioner.model, segmenter_layers)
     example = (torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0)),)
-    return _export(module, example, Path(path), CAPTIONER_VISION, {}, {}, opset)
+    return _export(module, example, Path(path), CAPTIONER_VISION.names, {}, {}, opset)
 
 
 def export_embed(captioner: Captioner, path: str | Path, opset: int | None = None,
@@ -135,8 +136,8 @@ def export_embed(captioner: Captioner, path: str | Path, opset: int | None = Non
 
     n = _max_context(captioner, max_context)
     ids = torch.arange(3, dtype=torch.int64)[None] % captioner.config.text_config.vocab_size
-    axes = {CAPTIONER_EMBED.inputs[0]: {1: "sequence_length"}, CAPTIONER_EMBED.outputs[0]: {1: "sequence_length"}}
-    return _export(CaptionerEmbed(captioner.model), (ids,), Path(path), CAPTIONER_EMBED, axes,
+    axes = {CAPTIONER_EMBED.input_ids: {1: "sequence_length"}, CAPTIONER_EMBED.inputs_embeds: {1: "sequence_length"}}
+    return _export(CaptionerEmbed(captioner.model), (ids,), Path(path), CAPTIONER_EMBED.names, axes,
                    {"sequence_length": (1, n)}, opset)
 
 
@@ -151,7 +152,7 @@ def export_decoder(captioner: Captioner, path: str | Path, opset: int | None = N
     module = CaptionerDecoder(captioner.model)
     n = _max_context(captioner, max_context)
     layers = len(module.layers)
-    names = CAPTIONER_DECODER.names(layers)
+    names = CAPTIONER_DECODER.for_layers(layers)
     E = captioner.config.text_config.hidden_size
     g = torch.Generator().manual_seed(0)
     S, P = 3, 5  # distinct and > 1, so tracing keeps both axes symbolic

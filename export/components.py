@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from llmformer.names import (CLASS_AXIS, PHRASES_AXIS, PRIORS_AXIS, SEGMENTER, TEXT_ENCODER, VISION_TOWER, VOCAB_AXIS,
-                          ComponentNames)
+from engines.contract import (CLASS_AXIS, PHRASES_AXIS, PRIORS_AXIS, SEGMENTER, TEXT_ENCODER, VISION_TOWER,
+                              VOCAB_AXIS, ComponentNames)
 from llmformer.presets import Preset
 
 # Ranges of the dynamic axes, recorded in the manifest (and the TensorRT profiles made from it).
@@ -29,7 +29,7 @@ class Component:
 def vision_tower_component(preset: Preset, tower: nn.Module, seed: int = 0) -> Component:
     g = torch.Generator().manual_seed(seed)
     s = preset.vision_tower.image_size
-    return Component(VISION_TOWER, tower, (torch.randn(1, 3, s, s, generator=g),))
+    return Component(VISION_TOWER.names, tower, (torch.randn(1, 3, s, s, generator=g),))
 
 
 def text_encoder_component(preset: Preset, encoder: nn.Module, seed: int = 0) -> Component:
@@ -38,8 +38,9 @@ def text_encoder_component(preset: Preset, encoder: nn.Module, seed: int = 0) ->
     ids = torch.randint(1000, 2000, (3, L), generator=g)
     mask = torch.ones(3, L, dtype=torch.int64)
     mask[1, L // 2:] = 0
-    axes = {n: {0: PHRASES_AXIS} for n in TEXT_ENCODER.inputs + TEXT_ENCODER.outputs}
-    return Component(TEXT_ENCODER, encoder, (ids, mask), axes)
+    axes = {n: {0: PHRASES_AXIS} for n in (TEXT_ENCODER.input_ids, TEXT_ENCODER.attention_mask,
+                                           TEXT_ENCODER.text_embeddings)}
+    return Component(TEXT_ENCODER.names, encoder, (ids, mask), axes)
 
 
 def segmenter_example(preset: Preset, priors: int = 3, vocab: int = 4, seed: int = 0) -> tuple[torch.Tensor, ...]:
@@ -65,8 +66,8 @@ def segmenter_example(preset: Preset, priors: int = 3, vocab: int = 4, seed: int
 
 
 def segmenter_component(preset: Preset, segmenter: nn.Module, seed: int = 0) -> Component:
-    _, _, objects, attributes, valid, relation, vocab = SEGMENTER.inputs
-    axes = {objects: {1: PRIORS_AXIS}, attributes: {1: PRIORS_AXIS}, valid: {1: PRIORS_AXIS},
-            relation: {1: PRIORS_AXIS, 2: PRIORS_AXIS}, vocab: {0: VOCAB_AXIS},
-            SEGMENTER.outputs[1]: {2: CLASS_AXIS}}
-    return Component(SEGMENTER, segmenter, segmenter_example(preset, seed=seed), axes)
+    s = SEGMENTER
+    axes = {s.object_embeddings: {1: PRIORS_AXIS}, s.attribute_embeddings: {1: PRIORS_AXIS},
+            s.prior_valid: {1: PRIORS_AXIS}, s.relation_graph: {1: PRIORS_AXIS, 2: PRIORS_AXIS},
+            s.vocab_embeddings: {0: VOCAB_AXIS}, s.class_logits: {2: CLASS_AXIS}}
+    return Component(SEGMENTER.names, segmenter, segmenter_example(preset, seed=seed), axes)

@@ -33,10 +33,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-if __package__ in (None, ""):  # run as a script: make the repository's packages importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from engines.manifest import atomic_write_bytes  # noqa: E402  (torch-free)
+from engines.files import atomic_write_bytes
 
 PLUGIN_OP = "MultiscaleDeformableAttnPlugin_TRT"
 PLUGIN_DOMAIN = "trt.plugins"
@@ -209,7 +206,8 @@ def export_onnx_with_msda_plugin(
 ) -> onnx.ModelProto:
     """export/onnx_utils.export_onnx, but every MSDA becomes the TensorRT plugin node. Checked, atomic."""
     torch = _torch()
-    from export.onnx_utils import DEFAULT_OPSET, check_onnx
+    from calibration.graphs import check_onnx
+    from export.onnx_utils import DEFAULT_OPSET
 
     buffer = io.BytesIO()
     module = module.eval()

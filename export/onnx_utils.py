@@ -9,8 +9,9 @@ from typing import Mapping, Sequence
 import onnx
 import torch
 
-from engines.base import TensorSpec
-from engines.manifest import atomic_write_bytes
+from calibration.graphs import check_onnx
+from engines.contract import TensorSpec
+from engines.files import atomic_write_bytes
 
 DEFAULT_OPSET = 17
 
@@ -43,14 +44,6 @@ def export_onnx(
     check_onnx(model)
     atomic_write_bytes(Path(path), model.SerializeToString())
     return model
-
-
-def check_onnx(model: onnx.ModelProto | Path) -> onnx.ModelProto:
-    """onnx.checker with full shape inference (strict), as TensorRT's parser needs every shape known."""
-    if not isinstance(model, onnx.ModelProto):
-        model = onnx.load(str(model))
-    onnx.checker.check_model(model, full_check=True)
-    return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
 
 
 def graph_specs(model: onnx.ModelProto, which: str,

@@ -35,7 +35,11 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from engines.manifest import sha256_file
+from calibration.graphs import Feeds, name_nodes, output_errors, run, save_checked, worst
+from calibration.quantize import NothingToQuantize
+from engines.contract import Manifest, file_entry
+from engines.errors import LLMFormerError
+from engines.files import sha256_file
 
 PRECISIONS = ("fp32", "fp16", "int8")
 ISLAND_GROUPS = ("attention_softmax", "softmax", "normalization", "msda_coordinates")
@@ -54,15 +58,10 @@ _SCORE_PATH_OPS = {"Add", "Sub", "Mul", "Div", "Where", "Concat", "Reshape", "Tr
                    "Unsqueeze", "Expand", "Slice", "Identity", "Neg"}
 _NORMALIZATION_OPS = {"LayerNormalization", "InstanceNormalization", "GroupNormalization", "ReduceL2"}
 _MSDA_PLUGIN = ("trt.plugins", "MultiscaleDeformableAttnPlugin_TRT")
-Feeds = Mapping[str, np.ndarray]
 
 
-class PrecisionError(ValueError):
+class PrecisionError(LLMFormerError, ValueError):
     """A precision build that cannot be made; the message says what to pass instead."""
-
-
-class NothingToQuantize(PrecisionError):
-    """A graph with no Conv / MatMul / Gemm weights (an embedding table): it stays FP32."""
 
 
 def check_args(precision: str, calib: str | Path | None) -> None:
@@ -79,18 +78,6 @@ def check_args(precision: str, calib: str | Path | None) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ graph helpers
-def _name_nodes(model: onnx.ModelProto) -> None:
-    used = {n.name for n in model.graph.node if n.name}
-    for i, node in enumerate(model.graph.node):
-        if not node.name:
-            name, k = f"{node.op_type}_{i}", 0
-            while name in used:
-                k += 1
-                name = f"{node.op_type}_{i}_{k}"
-            node.name = name
-            used.add(name)
-
-
 def _float_types(model: onnx.ModelProto) -> dict[str, int]:
     inferred = onnx.shape_inference.infer_shapes(model)
     types = {v.name: v.type.tensor_type.elem_type for v in
@@ -104,7 +91,7 @@ def _float_types(model: onnx.ModelProto) -> dict[str, int]:
 
 def find_islands(model: onnx.ModelProto) -> dict[str, set[str]]:
     """Candidate FP32 islands, by group: {group: node names}. Nodes get names where they have none."""
-    _name_nodes(model)
+    name_nodes(model)
     nodes = list(model.graph.node)
     producer = {o: n for n in nodes for o in n.output}
     constants = {i.name for i in model.graph.initializer} | {n.output[0] for n in nodes if n.op_type == "Constant"}
@@ -181,7 +168,7 @@ def to_fp16(model: onnx.ModelProto, keep: Iterable[str], islands: Mapping[str, s
     if unknown:
         raise PrecisionError(f"unknown FP16 island groups {sorted(unknown)}: choose from {', '.join(ISLAND_GROUPS)}")
     block = set().union(*(islands.get(g, set()) for g in keep)) if keep else set()
-    _name_nodes(model)
+    name_nodes(model)
     del model.graph.value_info[:]
     fp16 = convert_float_to_float16(model, keep_io_types=True, node_block_list=sorted(block),
                                     op_block_list=DEFAULT_OP_BLOCK_LIST)
@@ -281,39 +268,6 @@ def emulate_fp16(model16: onnx.ModelProto) -> onnx.ModelProto:
 
 
 # ------------------------------------------------------------------------------------------------- measuring
-def run(model: onnx.ModelProto | str | Path, feeds: Sequence[Feeds], threads: int | None = None
-        ) -> list[dict[str, np.ndarray]]:
-    """Outputs of `model` under ONNX Runtime (CPU) for each feed dict."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if threads:
-        options.intra_op_num_threads = threads
-    source = str(model) if isinstance(model, (str, Path)) else model.SerializeToString()
-    session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs()]
-    return [dict(zip(names, session.run(names, dict(f)))) for f in feeds]
-
-
-def output_errors(reference: Sequence[Mapping[str, np.ndarray]], got: Sequence[Mapping[str, np.ndarray]]
-                  ) -> dict[str, dict[str, float]]:
-    """Per output over all feeds: max and mean absolute error, and the max relative to max |reference|."""
-    out = {}
-    for name in reference[0]:
-        diffs = [np.abs(g[name].astype(np.float64) - r[name].astype(np.float64)) for r, g in zip(reference, got)]
-        scale = max(float(np.abs(r[name]).max()) for r in reference) or 1.0
-        max_abs = max(float(d.max()) if np.isfinite(d).all() else float("inf") for d in diffs)
-        mean_abs = float(np.mean([d.mean() for d in diffs]))
-        out[name] = {"max_abs": max_abs, "mean_abs": mean_abs, "max_rel": max_abs / scale}
-    return out
-
-
-def worst(errors: Mapping[str, Mapping[str, float]]) -> float:
-    values = [e["max_rel"] for e in errors.values()]
-    return float("inf") if any(not np.isfinite(v) for v in values) else max(values)
-
-
 def choose_islands(model: onnx.ModelProto, component: str, feeds: Sequence[Feeds],
                    reference: Sequence[Mapping[str, np.ndarray]], log: Callable[[str], None] = lambda s: None
                    ) -> tuple[list[str], dict[str, Any]]:
@@ -371,7 +325,7 @@ def convert(fp32_onnx_path: str | Path, out_path: str | Path, precision: str, co
         else:
             keep, study = list(islands), {}
         model16 = to_fp16(model, keep)
-        _save_checked(model16, out_path)
+        save_checked(model16, out_path)
         vs = {"emulated_fp16": output_errors(reference, run(emulate_fp16(model16), calib)),
               "onnxruntime_cpu": output_errors(reference, run(model16, calib))} if calib else {}
         report = {"precision": "fp16", "fp32_islands": keep, "island_study": study, "vs_fp32": vs}
@@ -380,7 +334,7 @@ def convert(fp32_onnx_path: str | Path, out_path: str | Path, precision: str, co
 
         bits = int(int8_options.get("llm_bits", 8))
         quantized, report = quantize_weights(model, bits=bits)
-        _save_checked(quantized, out_path)
+        save_checked(quantized, out_path)
         report.update({"precision": f"int{bits}-weight-only",
                        "vs_fp32": output_errors(reference, run(out_path, calib)) if calib else {}})
     else:
@@ -393,15 +347,7 @@ def convert(fp32_onnx_path: str | Path, out_path: str | Path, precision: str, co
     return report
 
 
-def _save_checked(model: onnx.ModelProto, path: Path) -> None:
-    from engines.manifest import atomic_write_bytes
-    from export.onnx_utils import check_onnx
-
-    check_onnx(model)
-    atomic_write_bytes(path, model.SerializeToString())
-
-
-def convert_artifacts(folder: str | Path, manifest: dict[str, Any], precision: str, calib: str | Path | None = None,
+def convert_artifacts(folder: str | Path, manifest: Manifest, precision: str, calib: str | Path | None = None,
                       cache_dir: str | Path | None = None, method: str = "entropy", components: Sequence[str] | None = None,
                       log: Callable[[str], None] = print, **options: Any) -> dict[str, dict[str, Any]]:
     """Make the `precision` graphs of every component of an FP32 artifact folder (usually the build's staging
@@ -409,7 +355,6 @@ def convert_artifacts(folder: str | Path, manifest: dict[str, Any], precision: s
     keeps the FP32 one, `precision` and `precision_report` are set. Calibration frames come from `calib` (a folder
     of images, required for int8) or, for fp16, the demo frames. Returns the reports by component."""
     from calibration.data import CalibrationSet
-    from engines.manifest import file_entry
 
     check_args(precision, calib)
     if precision == "fp32":
@@ -421,10 +366,10 @@ def convert_artifacts(folder: str | Path, manifest: dict[str, Any], precision: s
     log(f"  recorded calibration feeds from {data.source}: "
         + ", ".join(f"{n} {len(f)}" for n, f in recorded.items()) + f" ({time.perf_counter() - t:.1f} s)")
     reports = {}
-    for name, entry in manifest["components"].items():
+    for name, entry in manifest.components.items():
         if components is not None and name not in components:
             continue
-        fp32_file = entry["onnx"]["file"]
+        fp32_file = entry.onnx.file
         out_name = f"{Path(fp32_file).stem}.{precision}.onnx"
         t = time.perf_counter()
         try:
@@ -432,21 +377,20 @@ def convert_artifacts(folder: str | Path, manifest: dict[str, Any], precision: s
                              cache_dir=cache_dir, calib_fingerprint=data.fingerprint(), method=method, log=log,
                              **options)
         except (PrecisionError, NothingToQuantize) as exc:  # e.g. an embedding table: stays FP32, says why
-            entry["precision"] = "fp32"
-            entry["precision_report"] = reports[name] = {"precision": "fp32", "kept_fp32": str(exc)}
+            entry.precision = "fp32"
+            entry.precision_report = reports[name] = {"precision": "fp32", "kept_fp32": str(exc)}
             log(f"  {precision} {name:<13} kept FP32: {exc}")
             continue
         report["calibration"] = data.source
-        entry["onnx_fp32"] = {"file": entry["onnx"]["file"], "sha256": entry["onnx"]["sha256"],
-                              "size": entry["onnx"]["size"]}
-        if entry.get("data_files"):  # the new graph holds its weights inline; the FP32 one keeps its data files
-            entry["onnx_fp32_data_files"] = entry.pop("data_files")
-        entry["onnx"] = file_entry(folder, out_name)
-        entry["precision"] = report["precision"]
-        entry["precision_report"] = report
+        entry.onnx_fp32 = entry.onnx
+        # The new graph holds its weights inline; the FP32 one keeps its data files.
+        entry.onnx_fp32_data_files, entry.data_files = entry.data_files, []
+        entry.onnx = file_entry(folder, out_name)
+        entry.precision = report["precision"]
+        entry.precision_report = report
         reports[name] = report
         log(f"  {precision} {name:<13} {summary_line(report)} ({time.perf_counter() - t:.1f} s)")
-    manifest["precision"] = precision
+    manifest.precision = precision
     return reports
 
 

@@ -25,6 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from engines.errors import LLMFormerError
+
 from llmformer.presets import VisionTowerConfig
 
 TOKENIZER_FILE = "tokenizer.json"
@@ -44,7 +46,7 @@ LLAVA_PHI_PROMPT: dict[str, Any] = {
 EOS_TOKEN = "<|endoftext|>"
 
 
-class CaptionerCheckpointError(ValueError):
+class CaptionerCheckpointError(LLMFormerError, ValueError):
     """A captioner checkpoint folder is missing a file or holds a model this exporter does not handle."""
 
 

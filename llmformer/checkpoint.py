@@ -14,11 +14,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from engines.errors import LLMFormerError
+
 FORMAT = "llmformer-edge/checkpoint"
 FORMAT_VERSION = 1
 
 
-class CheckpointError(ValueError):
+class CheckpointError(LLMFormerError, ValueError):
     """A checkpoint file is missing, corrupt or does not fit the model."""
 
 

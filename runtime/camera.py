@@ -40,13 +40,14 @@ from typing import Any
 import cv2
 import numpy as np
 
+from engines.errors import LLMFormerError
 from runtime.frames import FrameError, to_rgb
 from runtime.profiling import NULL_SPAN
 
 log = logging.getLogger("llmformer_edge")
 
 
-class SourceError(RuntimeError):
+class SourceError(LLMFormerError, RuntimeError):
     """A frame source or output that cannot be opened; the message says which and what to do."""
 
 

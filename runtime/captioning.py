@@ -37,6 +37,8 @@ from typing import Any
 
 import numpy as np
 
+from engines.errors import LLMFormerError
+
 log = logging.getLogger("llmformer_edge")
 
 FIRST_FRAME_MODES = ("wait", "vocabulary")
@@ -91,7 +93,7 @@ class PublishedCaption:
         return self.caption if isinstance(self.caption, str) else self.caption.text
 
 
-class CaptionTimeout(TimeoutError):
+class CaptionTimeout(LLMFormerError, TimeoutError):
     """A caption took longer than the policy's timeout_s; its result was dropped."""
 
 

@@ -23,13 +23,14 @@ from typing import Any
 import numpy as np
 
 from engines.base import Engine
-from llmformer.names import CAPTIONER_DECODER, CAPTIONER_EMBED, CAPTIONER_VISION
+from engines.contract import CAPTIONER_DECODER, CAPTIONER_EMBED, CAPTIONER_VISION
+from engines.errors import LLMFormerError
 from runtime.profiling import nvtx_range
 
 DEFAULT_MAX_NEW_TOKENS = 64
 
 
-class CaptionError(ValueError):
+class CaptionError(LLMFormerError, ValueError):
     """A caption cannot be made from these inputs; the message says what to change."""
 
 
@@ -209,7 +210,7 @@ class CaptionDecoder:
                                "caption_embeds() with the image embeddings")
         self.check_question(question)  # fail before spending a vision pass
         start = time.perf_counter()
-        image_embeds = self.vision({CAPTIONER_VISION.inputs[0]: pixel_values})[CAPTIONER_VISION.outputs[0]]
+        image_embeds = self.vision({CAPTIONER_VISION.pixel_values: pixel_values})[CAPTIONER_VISION.image_embeds]
         vision_s = time.perf_counter() - start
         return self.caption_embeds(image_embeds, question, max_new_tokens=max_new_tokens,
                                    repetition_penalty=repetition_penalty, vision_s=vision_s)
@@ -283,7 +284,7 @@ class CaptionDecoder:
                        CaptionTimings(vision_s, prefill_s, decode_s, L))
 
     def _embed(self, ids: np.ndarray) -> np.ndarray:
-        return self.embed({CAPTIONER_EMBED.inputs[0]: ids})[CAPTIONER_EMBED.outputs[0]]
+        return self.embed({CAPTIONER_EMBED.input_ids: ids})[CAPTIONER_EMBED.inputs_embeds]
 
     @staticmethod
     def _select(logits: np.ndarray, seen: np.ndarray | None, penalty: float) -> int:

@@ -1,9 +1,21 @@
-"""Accuracy of a built artifact folder through the deployed `segment()`, on the synthetic splits.
+"""Accuracy of a built artifact folder through the deployed `segment()`, on scene folders.
 
-    python -m runtime.evaluate ARTIFACTS [--split val heldout] [--scenes 200] [--backend onnxruntime]
+    python -m llmformer.data.scene_folder scenes/val --split val --scenes 200       # where PyTorch's side is
+    python -m runtime.evaluate ARTIFACTS --data scenes/val [scenes/heldout] [--scenes N] [--backend onnxruntime]
                                          [--json OUT]
 
-For each split it reports mIoU and pixel accuracy in three settings:
+A scene folder holds `scenes.json` and the images and label maps it names:
+
+    {"format": "llmformer-edge/scenes", "version": 1, "split": "val", "classes": ["circle", ...],
+     "ignore": 255, "scenes": [{"image": "images/000000.png", "labels": "labels/000000.png",
+                                "caption": "...", "canonical_caption": "...", "objects": ["star", "grass"]}]}
+
+`labels` is a single-channel PNG of indices into `classes` (`ignore` = unlabeled); `caption` gives the
+priors of the given/gt setting; `canonical_caption` and `objects` (names with repeats, what a caption
+should mention) score the captioner and are optional. `llmformer.data.scene_folder` writes the synthetic
+splits in this layout; the evaluation reads files only, so it runs wherever the runtime runs.
+
+For each folder it reports mIoU and pixel accuracy in three settings:
   given/gt       the split's class names as the vocabulary, priors from the scene's own caption
   given/model    the same vocabulary, priors from the build's captioner (the deployed chain)
   open/model     no vocabulary: the classes are the captioner's object nouns (open vocabulary); a
@@ -19,12 +31,78 @@ import json
 import sys
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from engines.errors import LLMFormerError
+
 IGNORE = 255
+SCENES_FILE = "scenes.json"
+SCENES_FORMAT = "llmformer-edge/scenes"
+
+
+class SceneFolderError(LLMFormerError, ValueError):
+    """A scene folder that cannot be read; the message names the file and the key."""
+
+
+@dataclass
+class EvalScene:
+    image: np.ndarray                  # (H, W, 3) uint8 RGB
+    labels: np.ndarray                 # (H, W) uint8 index into the folder's classes, IGNORE = unlabeled
+    caption: str
+    canonical_caption: str | None
+    objects: list[str] | None
+
+
+class SceneFolder:
+    """A scene folder (see the module docstring), read lazily: folder[i] is an EvalScene."""
+
+    def __init__(self, folder: str | Path, limit: int | None = None):
+        self.folder = Path(folder)
+        path = self.folder / SCENES_FILE
+        if not path.is_file():
+            raise SceneFolderError(f"{path} is missing: write a scene folder with `python -m llmformer.data.scene_folder "
+                                   f"{self.folder} --split val` or lay out your own (see runtime/evaluate.py)")
+        try:
+            meta = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise SceneFolderError(f"{path} is not valid JSON: {exc}") from exc
+        if not isinstance(meta, dict) or meta.get("format") != SCENES_FORMAT:
+            raise SceneFolderError(f"{path} is not a scene folder index (format must be '{SCENES_FORMAT}')")
+        self.classes = meta.get("classes")
+        if not (isinstance(self.classes, list) and self.classes and all(isinstance(c, str) for c in self.classes)):
+            raise SceneFolderError(f"{path}: classes must be a non-empty list of names")
+        self.split = str(meta.get("split", self.folder.name))
+        self.ignore = int(meta.get("ignore", IGNORE))
+        self.records = meta.get("scenes")
+        if not isinstance(self.records, list) or not self.records:
+            raise SceneFolderError(f"{path}: scenes must be a non-empty list")
+        for i, r in enumerate(self.records):
+            if not (isinstance(r, dict) and all(isinstance(r.get(k), str) for k in ("image", "labels", "caption"))):
+                raise SceneFolderError(f"{path}: scenes[{i}] needs image, labels and caption strings")
+        self.records = self.records[:limit]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> EvalScene:
+        import cv2
+
+        r = self.records[i]
+        bgr = cv2.imread(str(self.folder / r["image"]), cv2.IMREAD_COLOR)
+        labels = cv2.imread(str(self.folder / r["labels"]), cv2.IMREAD_UNCHANGED)
+        for name, array in ((r["image"], bgr), (r["labels"], labels)):
+            if array is None:
+                raise SceneFolderError(f"{self.folder / name} cannot be read as an image")
+        if labels.ndim != 2 or labels.shape != bgr.shape[:2]:
+            raise SceneFolderError(f"{self.folder / r['labels']}: labels must be one channel of the image's size "
+                                   f"{bgr.shape[:2]}, got {labels.shape}")
+        labels = np.where(labels == self.ignore, IGNORE, labels).astype(np.uint8)
+        return EvalScene(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), labels, r["caption"], r.get("canonical_caption"),
+                         r.get("objects"))
 
 
 class Confusion:
@@ -71,31 +149,28 @@ def object_f1(predicted: Sequence[Sequence[str]], truth: Sequence[Sequence[str]]
     return 2 * tp / max(2 * tp + fp + fn, 1) * 100
 
 
-def scene_objects(scene) -> list[str]:
-    return [o.name for o in scene.objects] + [scene.background]
-
-
-def evaluate_split(rt, split: str, scenes: int, seed: int = 0, log=print) -> dict[str, Any]:
-    from llmformer.data.synthetic import SyntheticScenes
-
-    data = SyntheticScenes(split, scenes, size=int(rt.manifest["preprocess"]["segmenter"]["size"]), seed=seed)
+def evaluate_folder(rt, data: SceneFolder) -> dict[str, Any]:
+    """Every setting's mIoU and pixel accuracy on one scene folder (and the captioner's scores)."""
     classes = list(data.classes)
     index = {c: i for i, c in enumerate(classes)}
     given_gt, given_model, open_model = Confusion(len(classes)), Confusion(len(classes)), Confusion(len(classes))
-    exact, parsed, truth = 0, [], []
+    exact, scored_captions, parsed, truth = 0, 0, [], []
     t0 = time.perf_counter()
     for i in range(len(data)):
         scene = data[i]
         seg = rt.segment(scene.image, vocabulary=classes, caption=scene.caption)
         given_gt.add(seg.labels, scene.labels)
-        truth.append(scene_objects(scene))
         if rt.captioner is None:
             continue
         image = rt.encode_image(scene.image)
         text = rt.caption(image).text
-        exact += text.strip() == scene.canonical_caption.strip()
+        if scene.canonical_caption is not None:
+            exact += text.strip() == scene.canonical_caption.strip()
+            scored_captions += 1
         priors = rt.parse_caption(text)
-        parsed.append(list(priors.names))
+        if scene.objects is not None:
+            parsed.append(list(priors.names))
+            truth.append(list(scene.objects))
         emb = rt.embed(priors, classes)
         given_model.add(rt.decode(image, emb).labels, scene.labels)
         if priors.objects:
@@ -110,16 +185,28 @@ def evaluate_split(rt, split: str, scenes: int, seed: int = 0, log=print) -> dic
                            "seconds": round(time.perf_counter() - t0, 1)}
     if rt.captioner is not None:
         out.update(given_model=given_model.summary(classes), open_model=open_model.summary(classes),
-                   caption_exact_match=exact / len(data) * 100, object_prior_f1=object_f1(parsed, truth))
+                   caption_exact_match=exact / scored_captions * 100 if scored_captions else None,
+                   object_prior_f1=object_f1(parsed, truth) if truth else None)
     return out
+
+
+def summary_line(split: str, r: dict[str, Any]) -> str:
+    line = f"{split:8s} given/gt mIoU {r['given_gt']['miou']:6.2f}  pixel acc {r['given_gt']['pixel_accuracy']:6.2f}"
+    if "given_model" in r:
+        line += f" | given/model {r['given_model']['miou']:6.2f} | open/model {r['open_model']['miou']:6.2f}"
+        if r["caption_exact_match"] is not None:
+            line += f" | caption exact {r['caption_exact_match']:5.1f}%"
+        if r["object_prior_f1"] is not None:
+            line += f" object F1 {r['object_prior_f1']:5.1f}"
+    return line
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("artifacts", type=Path)
-    ap.add_argument("--split", nargs="+", default=["val", "heldout"], choices=("train", "val", "heldout"))
-    ap.add_argument("--scenes", type=int, default=200, help="scenes per split")
-    ap.add_argument("--seed", type=int, default=0, help="scene seed (the training used 0)")
+    ap.add_argument("--data", type=Path, nargs="+", required=True, metavar="SCENE_FOLDER",
+                    help="scene folders (see above; `python -m llmformer.data.scene_folder` writes the synthetic ones)")
+    ap.add_argument("--scenes", type=int, default=None, help="evaluate only the first N scenes of each folder")
     ap.add_argument("--backend", default=None, choices=("onnxruntime", "torch", "tensorrt"))
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", type=Path, default=None, help="write the results here")
@@ -127,17 +214,17 @@ def main(argv=None) -> int:
     import runtime
 
     results: dict[str, Any] = {"artifacts": str(args.artifacts)}
-    with runtime.load(args.artifacts, backend=args.backend, threads=args.threads) as rt:
-        results["backend"] = rt.backend
-        results["precision"] = rt.manifest.get("precision", "fp32")
-        for split in args.split:
-            r = evaluate_split(rt, split, args.scenes, args.seed)
-            results[split] = r
-            line = f"{split:8s} given/gt mIoU {r['given_gt']['miou']:6.2f}  pixel acc {r['given_gt']['pixel_accuracy']:6.2f}"
-            if "given_model" in r:
-                line += (f" | given/model {r['given_model']['miou']:6.2f} | open/model {r['open_model']['miou']:6.2f}"
-                         f" | caption exact {r['caption_exact_match']:5.1f}% object F1 {r['object_prior_f1']:5.1f}")
-            print(line, flush=True)
+    try:
+        folders = [SceneFolder(d, args.scenes) for d in args.data]  # every folder checked before any work
+        with runtime.load(args.artifacts, backend=args.backend, threads=args.threads) as rt:
+            results["backend"] = rt.backend
+            results["precision"] = rt.manifest.precision
+            for data in folders:
+                r = results[data.split] = evaluate_folder(rt, data)
+                print(summary_line(data.split, r), flush=True)
+    except LLMFormerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2) + "\n")

@@ -12,8 +12,10 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from engines.errors import LLMFormerError
 
-class FrameError(ValueError):
+
+class FrameError(LLMFormerError, ValueError):
     """A frame that cannot be segmented; the message says what was wrong and how to fix it."""
 
 

@@ -24,16 +24,17 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from engines.base import BACKENDS, Engine, EngineError, backend_importable, create_engine
-from engines.manifest import read_manifest
-from llmformer.names import CAPTIONER_DECODER, CAPTIONER_EMBED, CAPTIONER_VISION, SEGMENTER, TEXT_ENCODER, VISION_TOWER
+from engines.base import BACKENDS, Engine, backend_importable, create_engine
+from engines.contract import (CAPTIONER_DECODER, CAPTIONER_EMBED, CAPTIONER_VISION, SEGMENTER, TEXT_ENCODER,
+                              VISION_TOWER, Manifest, read_manifest)
+from engines.errors import EngineError, LLMFormerError
 from runtime.frames import check_frame, semantic_map, to_tensor
 from runtime.profiling import NULL_SPAN
 
 log = logging.getLogger("llmformer_edge")
 
 
-class RuntimeInputError(ValueError):
+class RuntimeInputError(LLMFormerError, ValueError):
     """A `segment()` argument that cannot be used; the message says which and why."""
 
 
@@ -80,27 +81,29 @@ def _ms(t0: float) -> float:
 class Runtime:
     """Runs one artifact folder on one backend. Use `load()` to make one."""
 
-    def __init__(self, folder: Path, manifest: dict[str, Any], backend: str, engines: dict[str, Engine],
+    def __init__(self, folder: Path, manifest: Manifest, backend: str, engines: dict[str, Engine],
                  cache_size: int = 4096, map_threshold: float = 0.5, parser_model: str | None = None):
         from tokenizers import Tokenizer
 
         from runtime.vocabulary import CachedEncoder
 
         self.folder, self.manifest, self.backend, self.engines = folder, manifest, backend, engines
-        tok = manifest["tokenizer"]
-        self.max_length = int(tok["max_length"])
-        self.tokenizer = Tokenizer.from_file(str(folder / tok["file"]))
+        self.max_length = manifest.max_length
+        self.tokenizer = Tokenizer.from_file(str(folder / manifest.tokenizer.file))
         self.tokenizer.enable_truncation(self.max_length)
         self.tokenizer.enable_padding(length=self.max_length)
         self.text_cache = CachedEncoder(self._encode_uncached, size=cache_size)
         self.map_threshold = float(map_threshold)
         # The spaCy pipeline the build recorded, unless the caller names another.
-        self.parser_model = parser_model or manifest.get("priors", {}).get("parser")
-        self.pre = manifest["preprocess"]
-        self.text_dim = int(manifest["preset"]["segmenter"]["text_dim"])
-        self.limits = {spec["name"]: spec for spec in manifest["components"][SEGMENTER.component]["inputs"]}
+        self.parser_model = parser_model or manifest.parser
+        self.pre = manifest.preprocess
+        segmenter = manifest.components[SEGMENTER.component]
+        self.text_dim = int(segmenter.input(SEGMENTER.vocab_embeddings).shape[1])
+        # The build's ranges: how many class names and caption objects one segmenter call takes.
+        self.max_vocab = (segmenter.input(SEGMENTER.vocab_embeddings).max_shape or (1 << 30,))[0]
+        self.max_priors = (segmenter.input(SEGMENTER.object_embeddings).max_shape or (1, 1 << 30))[1]
         # With a captioner, its vision graph (tower + projector) is the one tower pass per frame.
-        self.vision_name = CAPTIONER_VISION.component if CAPTIONER_VISION.component in engines else VISION_TOWER.component
+        self.vision_name = manifest.vision_component
         self.frames = 0                  # frames segmented so far
         self.captioning = None           # runtime.captioning.AsyncCaptioner while asynchronous captioning runs
         self.profiler = None             # a runtime.profiling.Profiler records each stage as a span
@@ -109,27 +112,28 @@ class Runtime:
         self._segment_lock = threading.Lock()
         self._caption_lock = threading.Lock()
         self.captioner = None
-        if manifest.get("captioner"):
+        if manifest.captioner is not None:
             from runtime.decode import CaptionDecoder
 
-            info = manifest["captioner"]
+            info = manifest.captioner
             self.captioner = CaptionDecoder.from_files(
-                folder / info["tokenizer"]["file"], folder / info["prompt"]["file"],
+                folder / info.tokenizer.file, folder / info.prompt.file,
                 engines[CAPTIONER_EMBED.component], engines[CAPTIONER_DECODER.component],
-                vision=engines[CAPTIONER_VISION.component], max_context=info["max_context"])
+                vision=engines[CAPTIONER_VISION.component], max_context=info.max_context)
 
     # -- text side -----------------------------------------------------------------------------------
     def _encode_uncached(self, phrases: list[str]) -> np.ndarray:
         if not phrases:
             return np.zeros((0, self.text_dim), np.float32)
         engine = self.engines[TEXT_ENCODER.component]
-        batch = int(engine.inputs[0].max_shape[0]) if engine.inputs[0].max_shape else len(phrases)
+        ids_spec = next(s for s in engine.inputs if s.name == TEXT_ENCODER.input_ids)
+        batch = int(ids_spec.max_shape[0]) if ids_spec.max_shape else len(phrases)
         out = []
         for i in range(0, len(phrases), batch):
             enc = self.tokenizer.encode_batch(phrases[i:i + batch])
-            ids = np.asarray([e.ids for e in enc], np.int64)
-            mask = np.asarray([e.attention_mask for e in enc], np.int64)
-            out.append(engine(dict(zip(TEXT_ENCODER.inputs, (ids, mask))))[TEXT_ENCODER.outputs[0]])
+            feeds = {TEXT_ENCODER.input_ids: np.asarray([e.ids for e in enc], np.int64),
+                     TEXT_ENCODER.attention_mask: np.asarray([e.attention_mask for e in enc], np.int64)}
+            out.append(engine(feeds)[TEXT_ENCODER.text_embeddings])
         return np.concatenate(out, 0).astype(np.float32)
 
     def encode_text(self, phrases: Sequence[str]) -> np.ndarray:
@@ -137,7 +141,8 @@ class Runtime:
         return self.text_cache(list(phrases))
 
     def parse_caption(self, caption: str):
-        from runtime.priors import load_nlp, parse
+        from runtime.nlp import load_nlp
+        from runtime.priors import parse
 
         return parse(caption, nlp=load_nlp(self.parser_model))
 
@@ -168,11 +173,10 @@ class Runtime:
                                         "vocabulary=[...] class names")
         else:
             classes = check_vocabulary(vocabulary)
-        max_vocab = self.limits[SEGMENTER.inputs[6]].get("max_shape")
-        if max_vocab and len(classes) > max_vocab[0]:
+        if len(classes) > self.max_vocab:
             raise RuntimeInputError(f"vocabulary has {len(classes)} names; this build takes at most "
-                                    f"{max_vocab[0]}: rebuild with a larger range")
-        max_priors = (self.limits[SEGMENTER.inputs[2]].get("max_shape") or [1, 1 << 30])[1]
+                                    f"{self.max_vocab}: rebuild with a larger range")
+        max_priors = self.max_priors
         if len(objects) > max_priors:
             log.warning("caption has %d objects; keeping the first %d this build takes", len(objects), max_priors)
             objects = objects[:max_priors]
@@ -189,13 +193,15 @@ class Runtime:
         with self._span("preprocess"):
             rgb = check_frame(frame)
             v, s = self.pre[VISION_TOWER.component], self.pre[SEGMENTER.component]
-            pixels = to_tensor(rgb, v["size"], v["mean"], v["std"])
-            seg_in = to_tensor(rgb, s["size"], s["mean"], s["std"])
+            pixels = to_tensor(rgb, v.size, v.mean, v.std)
+            seg_in = to_tensor(rgb, s.size, s.mean, s.std)
         t_pre = _ms(t0)
         t1 = time.perf_counter()
         with self._span("vision"):
-            out = self.engines[self.vision_name]({VISION_TOWER.inputs[0]: pixels})
-        return ImageFeatures(rgb.shape[:2], seg_in, out[VISION_TOWER.outputs[0]], out.get(CAPTIONER_VISION.outputs[0]),
+            # The tower and the captioner's vision graph name their input and hidden states alike.
+            out = self.engines[self.vision_name]({VISION_TOWER.pixel_values: pixels})
+        return ImageFeatures(rgb.shape[:2], seg_in, out[VISION_TOWER.vision_hidden_states],
+                             out.get(CAPTIONER_VISION.image_embeds),
                              {"preprocess": t_pre, "vision": _ms(t1)})
 
     def caption(self, frame: np.ndarray | ImageFeatures, question: str | None = None, **options: Any):
@@ -228,15 +234,16 @@ class Runtime:
     def decode(self, image: ImageFeatures, emb: PriorEmbeddings, caption: str | None = None,
                priors=None) -> Segmentation:
         t0 = time.perf_counter()
-        feeds = dict(zip(SEGMENTER.inputs, (
-            image.segmenter_input, image.vision_hidden_states, emb.objects[None], emb.attributes[None],
-            emb.valid[None], emb.relation[None], emb.vocabulary)))
+        feeds = {SEGMENTER.frame: image.segmenter_input, SEGMENTER.vision_hidden_states: image.vision_hidden_states,
+                 SEGMENTER.object_embeddings: emb.objects[None], SEGMENTER.attribute_embeddings: emb.attributes[None],
+                 SEGMENTER.prior_valid: emb.valid[None], SEGMENTER.relation_graph: emb.relation[None],
+                 SEGMENTER.vocab_embeddings: emb.vocabulary}
         with self._span("segment"):
             out = self.engines[SEGMENTER.component](feeds)
         t_seg = _ms(t0)
         t1 = time.perf_counter()
         with self._span("postprocess"):
-            masks, classes = out[SEGMENTER.outputs[0]][0], out[SEGMENTER.outputs[1]][0]
+            masks, classes = out[SEGMENTER.mask_logits][0], out[SEGMENTER.class_logits][0]
             labels, scores = semantic_map(masks, classes, image.frame_size)
         timings = {**image.timings, **emb.timings, "segment": t_seg, "postprocess": _ms(t1)}
         return Segmentation(labels, list(emb.classes), scores, caption, priors, timings, masks, classes)
@@ -389,10 +396,10 @@ class Runtime:
     def warmup(self) -> None:
         """Load the caption parser and run every engine once, so the first real frame pays for neither
         (spaCy takes seconds to load; backends allocate on their first run)."""
-        from runtime.priors import load_nlp
+        from runtime.nlp import load_nlp
 
         load_nlp(self.parser_model)
-        size = int(self.pre[SEGMENTER.component]["size"])
+        size = self.pre[SEGMENTER.component].size
         self.segment(np.zeros((size, size, 3), np.uint8), vocabulary=["object"])
         self.frames = 0  # the caller's first frame is frame 0
 
@@ -408,7 +415,7 @@ class Runtime:
         self.close()
 
     def __repr__(self) -> str:
-        return f"Runtime({str(self.folder)!r}, backend={self.backend!r}, preset={self.manifest['preset']['name']!r})"
+        return f"Runtime({str(self.folder)!r}, backend={self.backend!r}, preset={self.manifest.preset_name!r})"
 
 
 def check_vocabulary(vocabulary: Sequence[str]) -> list[str]:
@@ -447,7 +454,7 @@ def load(path: str | Path, backend: str | None = None, threads: int | None = Non
         from engines.tensorrt_engine import tensorrt_usable
 
         usable, why = tensorrt_usable(manifest)
-        recorded = manifest.get("backend", "onnxruntime")
+        recorded = manifest.backend
         if usable:
             backend = "tensorrt"
         elif recorded != "tensorrt" and backend_importable(recorded):
@@ -459,7 +466,7 @@ def load(path: str | Path, backend: str | None = None, threads: int | None = Non
             backend = "onnxruntime"
     engines: dict[str, Engine] = {}
     try:
-        for name, comp in manifest["components"].items():
+        for name, comp in manifest.components.items():
             engines[name] = create_engine(backend, name, folder, comp, threads=threads, **engine_options)
         rt = Runtime(folder, manifest, backend, engines, cache_size=cache_size, map_threshold=map_threshold,
                      parser_model=parser_model)

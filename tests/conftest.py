@@ -71,19 +71,21 @@ class Clock:
         return self.t
 
 
-def run_without_torch(body: str) -> None:
-    """Run `body` (Python source) in a fresh interpreter where torch and transformers cannot be imported,
-    then check it imported neither and ran to the end."""
+def run_without_torch(body: str, hidden: tuple[str, ...] = ("torch", "transformers", "llmformer")) -> None:
+    """Run `body` (Python source) in a fresh interpreter where the `hidden` packages cannot be imported (by
+    default torch, transformers and the PyTorch side's `llmformer`, as on a Jetson that installs only the
+    runtime's needs), then check it imported none of them and ran to the end."""
     code = textwrap.dedent(f"""
         import sys, importlib.abc
+        HIDDEN = {tuple(hidden)!r}
         class Block(importlib.abc.MetaPathFinder):
             def find_spec(self, name, path=None, target=None):
-                if name.split('.')[0] in ('torch', 'transformers'):
+                if name.split('.')[0] in HIDDEN:
                     raise ModuleNotFoundError(f'No module named {{name!r}} (hidden by the test)')
         sys.meta_path.insert(0, Block())
         sys.path.insert(0, {str(ROOT)!r})
     """) + textwrap.dedent(body) + textwrap.dedent("""
-        assert not any(m.split('.')[0] in ('torch', 'transformers') for m in sys.modules)
+        assert not any(m.split('.')[0] in HIDDEN for m in sys.modules), [m for m in sys.modules if m.split('.')[0] in HIDDEN]
         print('ok')
     """)
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)

@@ -9,10 +9,12 @@ import pytest
 
 import runtime
 from conftest import ROOT, run_without_torch, tiny_preset
-from engines.base import EngineError
-from engines.manifest import MANIFEST_NAME, ManifestError
-from export.build_engines import build, parse_args
-from runtime.demo import demo_frame
+from engines.errors import EngineError
+from engines.contract import MANIFEST_NAME
+from engines.errors import ManifestError
+from export.build_engines import BuildError, build, parse_args
+from export.precision import PrecisionError
+from llmformer.data.frames import demo_frame
 from runtime.frames import FrameError
 from runtime.pipeline import RuntimeInputError
 
@@ -173,9 +175,9 @@ def test_runtime_runs_without_torch(tiny_artifacts):
     """`import runtime` and a full segment() on ONNX Runtime with torch and transformers unimportable."""
     run_without_torch(f"""
         import numpy as np, runtime
-        from runtime.demo import demo_frame
         rt = runtime.load({str(tiny_artifacts)!r})
-        seg = rt.segment(demo_frame(0, (64, 80)), vocabulary=['ball', 'box'], caption='a red ball on a box')
+        frame = np.random.default_rng(0).integers(0, 256, (64, 80, 3), dtype=np.uint8)
+        seg = rt.segment(frame, vocabulary=['ball', 'box'], caption='a red ball on a box')
         assert seg.labels.shape == (64, 80), seg.labels.shape
         assert rt.backend == 'onnxruntime'
     """)
@@ -210,7 +212,7 @@ def test_build_from_local_folders_and_a_checkpoint(tmp_path):
     text.model.save_pretrained(tmp_path / "text")
     shutil.copy(tokenizer_file(p.text_encoder), tmp_path / "text" / "tokenizer.json")
 
-    with pytest.raises(SystemExit, match="both bring a vision tower"):
+    with pytest.raises(BuildError, match="both bring a vision tower"):
         build(parse_args(["--out", str(tmp_path / "x"), "--vision-tower", str(tmp_path / "tower")]), preset=p)
     out = build(parse_args(["--out", str(tmp_path / "a"), "--vision-tower", str(tmp_path / "tower"),
                             "--text-encoder", str(tmp_path / "text"), "--no-captioner"]), preset=p)
@@ -222,7 +224,7 @@ def test_build_from_local_folders_and_a_checkpoint(tmp_path):
 
     torch.manual_seed(0)
     ckpt = save_segmenter(LLMFormerSegmenter(p.segmenter), tmp_path / "seg.safetensors")  # made for width 32
-    with pytest.raises(SystemExit, match="vit_dim 32 \\(towers give 48\\)"):
+    with pytest.raises(BuildError, match="vit_dim 32 \\(towers give 48\\)"):
         build(parse_args(["--out", str(tmp_path / "b"), "--vision-tower", str(tmp_path / "tower"),
                           "--segmenter", str(ckpt), "--no-captioner"]), preset=p)
     out = build(parse_args(["--out", str(tmp_path / "c"), "--segmenter", str(ckpt)]), preset=p)
@@ -311,7 +313,7 @@ def test_build_with_a_captioner_checkpoint_folder(tmp_path):
 
 
 def test_precision_flags_through_the_build_command(tmp_path):
-    with pytest.raises(SystemExit, match="--calib"):
+    with pytest.raises(PrecisionError, match="--calib"):
         build(parse_args(["--out", str(tmp_path / "i8"), "--precision", "int8"]), preset=tiny_preset())
     assert not (tmp_path / "i8").exists()  # refused before any work
     out = build(parse_args(["--out", str(tmp_path / "f16"), "--precision", "fp16"]), preset=tiny_preset())

@@ -10,7 +10,7 @@ import runtime
 from runtime.camera import (FrameSource, PngSink, SourceError, VideoSink, gstreamer_available, main, open_capture,
                             parse_source, run_loop)
 from runtime.captioning import CaptionPolicy
-from runtime.demo import demo_frame
+from llmformer.data.frames import demo_frame
 
 VOCAB = ["ball", "box", "table", "wall"]
 JETSON_CSI = ("nvarguscamerasrc sensor-id=0 ! video/x-raw(memory:NVMM), width=1280, height=720, framerate=30/1 ! "

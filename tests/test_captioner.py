@@ -204,7 +204,7 @@ def test_large_decoder_is_streamed_to_external_data_and_computes_the_same(captio
     assert graph.files == ["decoder.onnx", "decoder.onnx.data"]
     assert sorted(p.name for p in tmp_path.iterdir()) == graph.files  # no temporary left behind
     model = onnx.load(str(tmp_path / "decoder.onnx"), load_external_data=False)
-    assert [i.name for i in model.graph.input] == list(CAPTIONER_DECODER.names(2).inputs)
+    assert [i.name for i in model.graph.input] == list(CAPTIONER_DECODER.for_layers(2).inputs)
     assert attention_precision_problems(model) == [] and check_graph(model) == []
     assert graph.inputs == exported[1].decoder.inputs and graph.outputs == exported[1].decoder.outputs
     g = np.random.default_rng(0)

@@ -11,7 +11,7 @@ import runtime
 from conftest import Clock
 from runtime.captioning import (AsyncCaptioner, CaptionPolicy, CaptionScheduler, CaptionWorker, cosine_distance,
                                 pooled_signature)
-from runtime.demo import demo_frame
+from llmformer.data.frames import demo_frame
 from runtime.pipeline import RuntimeInputError
 
 VOCAB = ["ball", "box", "table", "wall"]

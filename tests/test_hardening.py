@@ -12,7 +12,7 @@ import runtime
 from conftest import Clock
 from runtime.camera import run_loop
 from runtime.captioning import AsyncCaptioner, CaptionPolicy, CaptionTimeout
-from runtime.demo import demo_frame
+from llmformer.data.frames import demo_frame
 from runtime.frames import FrameError, to_rgb
 
 VOCAB = ["ball", "box", "table", "wall"]

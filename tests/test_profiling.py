@@ -12,7 +12,7 @@ import runtime
 import runtime.profiling as profiling
 from conftest import run_without_torch
 from runtime.captioning import CaptionPolicy
-from runtime.demo import demo_frame
+from llmformer.data.frames import demo_frame
 from runtime.profiling import Profiler
 
 VOCAB = ["ball", "box", "table", "wall"]

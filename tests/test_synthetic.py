@@ -8,9 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from llmformer.data.synthetic import (_FORBIDDEN, BACKGROUND_NAMES, COLORS, HELDOUT_NAMES, IGNORE, OBJECT_NAMES, PREDICATES,
-                            SIZES, SPLITS, SyntheticScenes, make_scene, plural, relations_from_masks,
-                            split_classes)
+from llmformer.data.captions import plural
+from llmformer.data.layout import SIZES
+from llmformer.data.relations import PREDICATES, relations_from_masks
+from llmformer.data.synthetic import (_FORBIDDEN, BACKGROUND_NAMES, COLORS, HELDOUT_NAMES, IGNORE, OBJECT_NAMES, SPLITS,
+                                      SyntheticScenes, make_scene, split_classes)
 
 ROOT = Path(__file__).resolve().parents[1]
 PARSER_F1_GATE = 0.97
@@ -238,6 +240,7 @@ def test_parser_recovers_objects_and_colors(scenes):
 
 # -- torch-free --------------------------------------------------------------------------------------------
 def test_data_package_imports_without_torch():
-    code = ("import sys, data, llmformer.data.synthetic, llmformer.data.cocostuff; data.make_scene('train', 0, size=64); "
+    code = ("import sys, llmformer.data, llmformer.data.synthetic, llmformer.data.cocostuff; "
+            "llmformer.data.make_scene('train', 0, size=64); "
             "assert 'torch' not in sys.modules, 'torch was imported'")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)

@@ -4,18 +4,19 @@ The tests that need TensorRT and a GPU skip with the reason where either is miss
 machines have neither); the ones above them check, everywhere, what the TensorRT path decides without TensorRT:
 the plugin library lookup, the optimization profiles and the errors."""
 import importlib.util
-import json
 import shutil
 
 import numpy as np
 import pytest
 
-from engines.base import EngineError
+from engines.contract import ComponentEntry, read_manifest
+from engines.errors import EngineError
 from engines.tensorrt_builder import DEFAULT_WORKSPACE, PLUGINS_ENV, plugin_library, profiles_for
 from engines.tensorrt_engine import TensorRTEngine, _version_mismatch, tensorrt_usable
-from runtime.demo import demo_frame
+from llmformer.data.frames import demo_frame
 
 CAPTION = "a red ball next to a blue box on a wooden table"
+ONNX = {"precision": "fp32", "onnx": {"file": "segmenter.onnx", "sha256": "0" * 64, "size": 1}}
 
 
 # ------------------------------------------------------------------------------- everywhere (no TensorRT)
@@ -39,21 +40,22 @@ def test_profiles_come_from_the_manifest_shape_ranges():
          "max_shape": [1, 64, 16]},
         {"name": "vocab_embeddings", "dtype": "float32", "shape": ["vocab", 16], "min_shape": [1, 16],
          "max_shape": [256, 16]}]}
-    (profile,) = profiles_for(component)
+    (profile,) = profiles_for(ComponentEntry.from_json({**ONNX, **component, "outputs": []}))
     assert "frame" not in profile
     assert profile["object_embeddings"] == ((1, 1, 16), (1, 8, 16), (1, 64, 16))
     assert profile["vocab_embeddings"] == ((1, 16), (32, 16), (256, 16))
     # A component that lists its own profiles (the captioner decoder: prefill and decode) keeps them.
     own = {"inputs": component["inputs"], "profiles": [{"x": [[1, 1], [1, 8], [1, 64]]}, {"x": [[1, 1]] * 3}]}
-    assert profiles_for(own) == [{"x": ((1, 1), (1, 8), (1, 64))}, {"x": ((1, 1), (1, 1), (1, 1))}]
+    assert profiles_for(ComponentEntry.from_json({**ONNX, **own, "outputs": []})) == [
+        {"x": ((1, 1), (1, 8), (1, 64))}, {"x": ((1, 1), (1, 1), (1, 1))}]
     assert DEFAULT_WORKSPACE == 2 << 30
 
 
-def test_folder_without_engines_says_how_to_build_them(tmp_path):
-    component = {"onnx": {"file": "segmenter.onnx"}, "inputs": [], "outputs": []}
+def test_folder_without_engines_says_how_to_build_them(tmp_path, tiny_artifacts):
+    manifest = read_manifest(tiny_artifacts)
     with pytest.raises(EngineError, match="no TensorRT engine.*python -m engines.tensorrt_builder"):
-        TensorRTEngine.from_component("segmenter", tmp_path, component)
-    usable, why = tensorrt_usable({"components": {"segmenter": component}})
+        TensorRTEngine.from_component("segmenter", tmp_path, manifest.components["segmenter"])
+    usable, why = tensorrt_usable(manifest)
     assert not usable and why
 
 
@@ -84,7 +86,7 @@ def trt_folders(tmp_path_factory):
     """Tiny artifacts in fp32, fp16 and int8, each with TensorRT engines built for this GPU."""
     if _gpu_reason():
         pytest.skip(_gpu_reason())
-    from engines.manifest import read_manifest, write_manifest
+    from engines.contract import write_manifest
     from engines.tensorrt_builder import build_artifacts
     from export.build_engines import build, parse_args
     from export.precision import convert_artifacts
@@ -100,7 +102,6 @@ def trt_folders(tmp_path_factory):
         if precision != "fp32":
             shutil.copytree(fp32, folder)
         manifest = read_manifest(folder)
-        manifest.pop("format"), manifest.pop("format_version")
         if precision != "fp32":
             convert_artifacts(folder, manifest, precision, calib=calib, cache_dir=root / "cache", log=lambda s: None)
         build_artifacts(folder, manifest, timing_cache=root / "timing.cache", log=lambda s: None)
@@ -113,15 +114,14 @@ def trt_folders(tmp_path_factory):
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
 def test_every_component_builds_and_matches_onnxruntime(trt_folders, precision):
     from engines.base import create_engine
-    from engines.manifest import read_manifest
-    from export.precision import run
+    from calibration.graphs import run
 
     folder = trt_folders[precision]
     manifest = read_manifest(folder)
     tolerance = {"fp32": 1e-3, "fp16": 5e-2, "int8": 2e-1}[precision]
-    for name, entry in manifest["components"].items():
-        built = entry["tensorrt"]
-        assert built["trt_version"] and built["compute_capability"] and len(built["sha256"]) == 64
+    for name, entry in manifest.components.items():
+        built = entry.tensorrt
+        assert built.trt_version and built.compute_capability and len(built.sha256) == 64
         engine = create_engine("tensorrt", name, folder, entry)
         rng = np.random.default_rng(0)
         feeds = {}
@@ -132,7 +132,7 @@ def test_every_component_builds_and_matches_onnxruntime(trt_folders, precision):
         if "attention_mask" in feeds:
             feeds["attention_mask"][:] = 1
         got = engine(feeds)
-        want = run(folder / entry["onnx"]["file"], [feeds])[0]
+        want = run(folder / entry.onnx.file, [feeds])[0]
         for out in engine.output_names:
             scale = max(float(np.abs(want[out]).max()), 1.0)
             assert float(np.abs(got[out] - want[out]).max()) / scale < tolerance, (name, out)
@@ -158,12 +158,11 @@ def test_engine_from_another_gpu_or_release_is_a_clear_error(trt_folders, tmp_pa
 
     folder = tmp_path / "moved"
     shutil.copytree(trt_folders["fp32"], folder)
-    manifest = json.loads((folder / "manifest.json").read_text())
-    entry = manifest["components"]["vision_tower"]
-    entry["tensorrt"]["compute_capability"] = "5.0"
+    entry = read_manifest(folder).components["vision_tower"]
+    entry.tensorrt.compute_capability = "5.0"
     with pytest.raises(EngineError, match="sm_50.*rebuild the engines on this device"):
         create_engine("tensorrt", "vision_tower", folder, entry)
-    entry["tensorrt"]["compute_capability"] = None
-    entry["tensorrt"]["trt_version"] = "9.0.0"
+    entry.tensorrt.compute_capability = ""
+    entry.tensorrt.trt_version = "9.0.0"
     with pytest.raises(EngineError, match="TensorRT 9.0.0.*rebuild"):
         create_engine("tensorrt", "vision_tower", folder, entry)

@@ -18,7 +18,7 @@ def run_train(config: dict, tmp_path, procs: int = 1, *extra: str) -> subprocess
     path = tmp_path / f"{config['task']}.json"
     path.write_text(json.dumps(config))
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(procs)] if procs > 1 else [sys.executable]
-    res = subprocess.run([*launcher, "-m", "train", str(path), *extra], cwd=ROOT, capture_output=True, text=True,
+    res = subprocess.run([*launcher, "-m", "llmformer.train", str(path), *extra], cwd=ROOT, capture_output=True, text=True,
                          timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     return res
@@ -70,7 +70,7 @@ def test_config_rejects_unknown_keys_and_missing_dataset_root(tmp_path):
     bad.write_text(json.dumps({"dataset": {"kind": "cocostuff"}}))
     with pytest.raises(ValueError, match="needs dataset.root"):
         TrainConfig.load(bad)
-    res = subprocess.run([sys.executable, "-m", "train", str(tmp_path / "missing.json")], cwd=ROOT,
+    res = subprocess.run([sys.executable, "-m", "llmformer.train", str(tmp_path / "missing.json")], cwd=ROOT,
                          capture_output=True, text=True)
     assert res.returncode == 2 and "cannot read the training config" in res.stderr
 

@@ -6,7 +6,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from engines.manifest import read_manifest, write_manifest
+from engines.contract import read_manifest, write_manifest
 from engines.trt_supported_ops import (NEWER_THAN_10_3, SOURCE_TRT_VERSION, SUPPORTED, TARGET_TRT_VERSION,
                                        check_graph)
 from export.build_engines import build, parse_args
@@ -41,7 +41,6 @@ def demo_graphs(tmp_path_factory):
         folder = root / precision
         shutil.copytree(fp32, folder)
         manifest = read_manifest(folder)
-        manifest.pop("format"), manifest.pop("format_version")
         convert_artifacts(folder, manifest, precision, calib=calib, cache_dir=root / "cache", islands=[],
                           log=lambda s: None)
         write_manifest(folder, manifest)

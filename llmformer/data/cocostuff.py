@@ -35,6 +35,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from engines.errors import LLMFormerError
 from llmformer.data.synthetic import BACKGROUND_NAMES, HELDOUT_NAMES, IGNORE, OBJECT_NAMES, make_scene
 
 __all__ = ["CocoStuff", "CocoStuffItem", "CocoStuffLayoutError", "read_labels", "readable_name",
@@ -59,7 +60,7 @@ _READABLE = {"playingfield": "playing field", "waterdrops": "water drops", "wind
              "tv": "television", "hair drier": "hair dryer"}
 
 
-class CocoStuffLayoutError(FileNotFoundError):
+class CocoStuffLayoutError(LLMFormerError, FileNotFoundError):
     """The folder does not have COCO-Stuff's layout; the message names the path and the layout."""
 
 

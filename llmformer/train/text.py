@@ -10,7 +10,8 @@ import torch
 
 from llmformer.presets import Preset
 from llmformer.text_encoder import build_text_encoder, tokenizer_file
-from runtime.priors import load_nlp, parse
+from runtime.nlp import load_nlp
+from runtime.priors import parse
 from runtime.vocabulary import CachedEncoder, prior_arrays
 
 

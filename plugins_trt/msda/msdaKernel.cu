@@ -1,5 +1,6 @@
 /*
- * Optimized MSDA forward kernel and the host-side validation shared with the naive kernel.
+ * Optimized MSDA forward kernel, and the host-side validation and argument filling (makeKernelArgs) that the
+ * naive kernel shares.
  *
  * Work split: one (batch, query, head) "group" is served by D / kVec consecutive threads, each owning kVec
  * channels (8 halves or 4 floats = one 16-byte load per bilinear corner). A block first copies the sampling
@@ -23,25 +24,6 @@ constexpr int32_t kBlockThreads = 256;
 constexpr int32_t kMaxBlockThreads = 1024;
 constexpr size_t kMaxStageBytes = 48 * 1024; // the default dynamic shared-memory limit, no opt-in needed
 constexpr size_t kStageFloatsPerPoint = 3;    // x, y, attention weight
-
-struct KernelArgs
-{
-    void const* value;
-    void const* shapes;
-    void const* starts;
-    void const* locations;
-    void const* weights;
-    void* output;
-    int32_t spatialSize;
-    int32_t heads;
-    int32_t channels;
-    int32_t levels;
-    int32_t queries;
-    int32_t points;
-    int32_t groups; // N * Lq * M
-    bool int64Index;
-    bool halfLocations;
-};
 
 // Template arguments of 0 mean "read from args at run time" (the generic fallback).
 template <typename T, int32_t kVec, int32_t kLevels, int32_t kPoints, int32_t kChannels>
@@ -280,22 +262,17 @@ Status validate(Params const& p)
     return Status::kSUCCESS;
 }
 
-Status forward(Params const& p, cudaStream_t stream)
+namespace detail
+{
+
+Status makeKernelArgs(Params const& p, KernelArgs& a)
 {
     Status const status = validate(p);
     if (status != Status::kSUCCESS)
     {
         return status;
     }
-    if (p.batch * p.queries == 0)
-    {
-        return Status::kSUCCESS;
-    }
-    if (p.levels > kMaxLevels)
-    {
-        return forwardNaive(p, stream);
-    }
-    detail::KernelArgs a{};
+    a = KernelArgs{};
     a.value = p.value;
     a.shapes = p.spatialShapes;
     a.starts = p.levelStartIndex;
@@ -310,17 +287,34 @@ Status forward(Params const& p, cudaStream_t stream)
     a.points = static_cast<int32_t>(p.points);
     a.groups = static_cast<int32_t>(p.batch * p.queries * p.heads);
     a.int64Index = p.indexType == IndexType::kINT64;
+    a.halfValue = p.valueType == DataType::kFLOAT16;
     a.halfLocations = p.locationType == DataType::kFLOAT16;
+    return Status::kSUCCESS;
+}
 
-    bool launched = false;
-    if (p.valueType == DataType::kFLOAT16)
+} // namespace detail
+
+Status forward(Params const& p, cudaStream_t stream)
+{
+    detail::KernelArgs a{};
+    Status const status = detail::makeKernelArgs(p, a);
+    if (status != Status::kSUCCESS || a.groups == 0)
     {
-        bool const vectorized = p.channels % 8 == 0 && detail::isAligned16(p.value) && detail::isAligned16(p.output);
+        return status;
+    }
+    if (a.levels > kMaxLevels) // the level table is staged in a fixed-size shared array
+    {
+        return forwardNaive(p, stream);
+    }
+    bool launched = false;
+    if (a.halfValue)
+    {
+        bool const vectorized = a.channels % 8 == 0 && detail::isAligned16(a.value) && detail::isAligned16(a.output);
         launched = detail::dispatch<__half>(a, vectorized, stream);
     }
     else
     {
-        bool const vectorized = p.channels % 4 == 0 && detail::isAligned16(p.value) && detail::isAligned16(p.output);
+        bool const vectorized = a.channels % 4 == 0 && detail::isAligned16(a.value) && detail::isAligned16(a.output);
         launched = detail::dispatch<float>(a, vectorized, stream);
     }
     if (!launched)

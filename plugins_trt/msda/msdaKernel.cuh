@@ -18,6 +18,31 @@ namespace msda
 namespace detail
 {
 
+// Launch arguments of both kernels. Only makeKernelArgs() fills them, so the optimized and the naive kernel
+// accept exactly the same inputs; the int32 fields are safe because validate() bounded every product first.
+struct KernelArgs
+{
+    void const* value;
+    void const* shapes;
+    void const* starts;
+    void const* locations;
+    void const* weights;
+    void* output;
+    int32_t spatialSize;
+    int32_t heads;
+    int32_t channels;
+    int32_t levels;
+    int32_t queries;
+    int32_t points;
+    int32_t groups; // N * Lq * M; 0 when there is nothing to launch (N or Lq is 0)
+    bool int64Index;
+    bool halfValue;
+    bool halfLocations;
+};
+
+// validate(), then the narrowing to KernelArgs; `args` is written only on kSUCCESS. Defined in msdaKernel.cu.
+Status makeKernelArgs(Params const& params, KernelArgs& args);
+
 // Storage <-> FP32. Everything arithmetic happens in FP32.
 __device__ __forceinline__ float toFloat(float v)
 {

@@ -83,7 +83,8 @@ Status forwardNaive(Params const& params, cudaStream_t stream);
 // Human-readable status for error messages.
 char const* statusString(Status status);
 
-// Checks shapes, dtypes, pointers and the int32 guard; forward() and forwardNaive() call it first.
+// Checks sizes, pointers and the int32 guard. forward() and forwardNaive() run it through the one helper that
+// also fills their kernel arguments (detail::makeKernelArgs, msdaKernel.cuh), so both accept the same inputs.
 Status validate(Params const& params);
 
 constexpr int32_t kMaxLevels = 16;

@@ -17,28 +17,11 @@ namespace detail
 
 constexpr int32_t kNaiveBlockThreads = 256;
 
-struct NaiveArgs
-{
-    void const* value;
-    void const* shapes;
-    void const* starts;
-    void const* locations;
-    void const* weights;
-    void* output;
-    int32_t spatialSize;
-    int32_t heads;
-    int32_t channels;
-    int32_t levels;
-    int32_t queries;
-    int32_t points;
-    int32_t total; // N * Lq * M * D
-};
-
 template <typename T, typename TLoc, bool kInt64Index>
-__global__ void msdaNaiveKernel(NaiveArgs const a)
+__global__ void msdaNaiveKernel(KernelArgs const a)
 {
     int64_t const index = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-    if (index >= a.total)
+    if (index >= static_cast<int64_t>(a.groups) * a.channels)
     {
         return;
     }
@@ -80,10 +63,12 @@ __global__ void msdaNaiveKernel(NaiveArgs const a)
 }
 
 template <typename T, typename TLoc>
-void launchNaive(NaiveArgs const& a, bool int64Index, cudaStream_t stream)
+void launchNaive(KernelArgs const& a, cudaStream_t stream)
 {
-    int32_t const blocks = (a.total + kNaiveBlockThreads - 1) / kNaiveBlockThreads;
-    if (int64Index)
+    // int64: N * Lq * M * D may be as large as 2^31 - 1, where adding the rounding term would overflow int32.
+    int64_t const total = static_cast<int64_t>(a.groups) * a.channels;
+    int32_t const blocks = static_cast<int32_t>((total + kNaiveBlockThreads - 1) / kNaiveBlockThreads);
+    if (a.int64Index)
     {
         msdaNaiveKernel<T, TLoc, true><<<blocks, kNaiveBlockThreads, 0, stream>>>(a);
     }
@@ -97,47 +82,27 @@ void launchNaive(NaiveArgs const& a, bool int64Index, cudaStream_t stream)
 
 Status forwardNaive(Params const& p, cudaStream_t stream)
 {
-    Status const status = validate(p);
-    if (status != Status::kSUCCESS)
+    detail::KernelArgs a{};
+    Status const status = detail::makeKernelArgs(p, a);
+    if (status != Status::kSUCCESS || a.groups == 0)
     {
         return status;
     }
-    if (p.batch * p.queries == 0)
+    if (a.halfValue && a.halfLocations)
     {
-        return Status::kSUCCESS;
+        detail::launchNaive<__half, __half>(a, stream);
     }
-    detail::NaiveArgs a{};
-    a.value = p.value;
-    a.shapes = p.spatialShapes;
-    a.starts = p.levelStartIndex;
-    a.locations = p.samplingLocations;
-    a.weights = p.attentionWeights;
-    a.output = p.output;
-    a.spatialSize = static_cast<int32_t>(p.spatialSize);
-    a.heads = static_cast<int32_t>(p.heads);
-    a.channels = static_cast<int32_t>(p.channels);
-    a.levels = static_cast<int32_t>(p.levels);
-    a.queries = static_cast<int32_t>(p.queries);
-    a.points = static_cast<int32_t>(p.points);
-    a.total = static_cast<int32_t>(p.batch * p.queries * p.heads * p.channels);
-    bool const int64Index = p.indexType == IndexType::kINT64;
-    bool const halfValue = p.valueType == DataType::kFLOAT16;
-    bool const halfLoc = p.locationType == DataType::kFLOAT16;
-    if (halfValue && halfLoc)
+    else if (a.halfValue)
     {
-        detail::launchNaive<__half, __half>(a, int64Index, stream);
+        detail::launchNaive<__half, float>(a, stream);
     }
-    else if (halfValue)
+    else if (a.halfLocations)
     {
-        detail::launchNaive<__half, float>(a, int64Index, stream);
-    }
-    else if (halfLoc)
-    {
-        detail::launchNaive<float, __half>(a, int64Index, stream);
+        detail::launchNaive<float, __half>(a, stream);
     }
     else
     {
-        detail::launchNaive<float, float>(a, int64Index, stream);
+        detail::launchNaive<float, float>(a, stream);
     }
     return cudaGetLastError() == cudaSuccess ? Status::kSUCCESS : Status::kCUDA_ERROR;
 }
