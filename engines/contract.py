@@ -25,7 +25,7 @@ from typing import Any, Callable, ClassVar, Iterator, Mapping
 import numpy as np
 
 from engines.errors import EngineError, ManifestError
-from engines.files import atomic_write_bytes, sha256_file
+from engines.files import atomic_write_bytes, fingerprint_file, sha256_file
 
 __all__ = [
     "PRIORS_AXIS", "VOCAB_AXIS", "CLASS_AXIS", "PHRASES_AXIS", "ComponentNames", "VISION_TOWER", "TEXT_ENCODER",
@@ -287,41 +287,45 @@ def _relative_file(name: str) -> bool:
 
 @dataclass
 class FileEntry:
-    """A file of the artifact folder, relative to it, with its size and sha256."""
+    """A file of the artifact folder, relative to it, with its size, sha256 (hashed once, at build) and a
+    cheap fingerprint (engines.files.fingerprint_file) that `runtime.load()` checks by default."""
 
     file: str
     sha256: str
     size: int
+    fingerprint: str | None = None       # None in folders built before fingerprints: those are fully hashed
 
     def to_json(self) -> dict[str, Any]:
-        return {"file": self.file, "sha256": self.sha256, "size": self.size}
+        d = {"file": self.file, "sha256": self.sha256, "size": self.size}
+        return d if self.fingerprint is None else {**d, "fingerprint": self.fingerprint}
 
     @classmethod
     def from_json(cls, d: "Mapping[str, Any] | _At") -> "FileEntry":
         at = _At.of(d, "FileEntry")
+        digest = dict(check=lambda s: len(s) == 64, expect="a sha256 hex digest")
         return cls(file=at.get("file", str, check=_relative_file, expect="a relative path inside the artifact folder"),
-                   sha256=at.get("sha256", str, check=lambda s: len(s) == 64, expect="a sha256 hex digest"),
-                   size=at.get("size", int, check=lambda n: n >= 0, expect="a non-negative int"))
+                   sha256=at.get("sha256", str, **digest),
+                   size=at.get("size", int, check=lambda n: n >= 0, expect="a non-negative int"),
+                   fingerprint=at.get("fingerprint", str, None, **digest))
 
 
 def file_entry(folder: str | os.PathLike, name: str) -> FileEntry:
     """The entry of `folder/name` as it is on disk now."""
     path = Path(folder) / name
-    return FileEntry(name, sha256_file(path), path.stat().st_size)
+    return FileEntry(name, sha256_file(path), path.stat().st_size, fingerprint_file(path))
 
 
 @dataclass
 class TorchSource:
-    """Where the PyTorch engine finds a captioner graph's module: one part of the saved LLaVA checkpoint."""
+    """Where the PyTorch engine finds a captioner graph's module: one part of the saved LLaVA checkpoint
+    (whose files the manifest lists once, under `captioner.checkpoint`)."""
 
     captioner: str                         # folder of the transformers checkpoint, relative to the artifacts
     part: str                              # "vision" | "embed" | "decoder"
     segmenter_layers: list[int]
-    files: list[FileEntry]
 
     def to_json(self) -> dict[str, Any]:
-        return {"captioner": self.captioner, "part": self.part, "segmenter_layers": list(self.segmenter_layers),
-                "files": [f.to_json() for f in self.files]}
+        return {"captioner": self.captioner, "part": self.part, "segmenter_layers": list(self.segmenter_layers)}
 
     @classmethod
     def from_json(cls, d: "Mapping[str, Any] | _At") -> "TorchSource":
@@ -329,8 +333,7 @@ class TorchSource:
         return cls(captioner=at.get("captioner", str, check=_relative_file, expect="a relative folder name"),
                    part=at.get("part", str, check=lambda p: p in ("vision", "embed", "decoder"),
                                expect="vision, embed or decoder"),
-                   segmenter_layers=list(at.get("segmenter_layers", list, [], check=_ints, expect="a list of ints")),
-                   files=[FileEntry.from_json(f) for f in at.items("files", optional=True)])
+                   segmenter_layers=list(at.get("segmenter_layers", list, [], check=_ints, expect="a list of ints")))
 
 
 @dataclass
@@ -353,7 +356,7 @@ class TensorRTEngineEntry(FileEntry):
     def from_json(cls, d: "Mapping[str, Any] | _At") -> "TensorRTEngineEntry":
         at = _At.of(d, "TensorRTEngineEntry")
         base = FileEntry.from_json(at)
-        return cls(**asdict(base), trt_version=at.get("trt_version", str, ""),
+        return cls(base.file, base.sha256, base.size, base.fingerprint, trt_version=at.get("trt_version", str, ""),
                    compute_capability=str(at.get("compute_capability", (str, int, float), "")),
                    plugin_sha256=at.get("plugin_sha256", str, None),
                    workspace_bytes=at.get("workspace_bytes", int, 0),
@@ -405,8 +408,6 @@ class ComponentEntry:
                 yield getattr(self, key)
         for key in self._FILE_LISTS:
             yield from getattr(self, key)
-        if self.torch is not None:
-            yield from self.torch.files
 
     def to_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {"precision": self.precision, "inputs": [s.to_json() for s in self.inputs],
@@ -478,17 +479,20 @@ class CaptionerEntry:
     prompt: FileEntry             # the prompt format (chat template pieces, stop tokens)
     max_context: int              # KV-cache length the decoder graph was built for
     image_tokens: int             # image embeddings per frame
+    checkpoint: list[FileEntry] = field(default_factory=list)  # the transformers checkpoint (PyTorch engine)
 
     def to_json(self) -> dict[str, Any]:
         return {"tokenizer": self.tokenizer.to_json(), "prompt": self.prompt.to_json(),
-                "max_context": self.max_context, "image_tokens": self.image_tokens}
+                "max_context": self.max_context, "image_tokens": self.image_tokens,
+                "checkpoint": [f.to_json() for f in self.checkpoint]}
 
     @classmethod
     def from_json(cls, d: "Mapping[str, Any] | _At") -> "CaptionerEntry":
         at = _At.of(d, "CaptionerEntry")
         positive = dict(check=lambda n: n > 0, expect="a positive int")
         return cls(tokenizer=FileEntry.from_json(at.sub("tokenizer")), prompt=FileEntry.from_json(at.sub("prompt")),
-                   max_context=at.get("max_context", int, **positive), image_tokens=at.get("image_tokens", int, **positive))
+                   max_context=at.get("max_context", int, **positive), image_tokens=at.get("image_tokens", int, **positive),
+                   checkpoint=[FileEntry.from_json(f) for f in at.items("checkpoint", optional=True)])
 
 
 @dataclass
@@ -557,6 +561,7 @@ class Manifest:
         if self.captioner is not None:
             yield self.captioner.tokenizer
             yield self.captioner.prompt
+            yield from self.captioner.checkpoint
         for component in self.components.values():
             yield from component.files()
         for sample in self.samples:
@@ -626,9 +631,19 @@ def write_manifest(folder: str | os.PathLike, manifest: Manifest) -> Path:
     return path
 
 
-def read_manifest(folder: str | os.PathLike, verify: bool = True) -> Manifest:
-    """Load and validate `folder/manifest.json`; with `verify`, check every listed file: inside the folder,
-    present, and with the recorded size and sha256."""
+VERIFY_LEVELS = ("off", "fast", "full")
+
+
+def read_manifest(folder: str | os.PathLike, verify: str = "fast") -> Manifest:
+    """Load and validate `folder/manifest.json`, then check every listed file as `verify` says:
+
+    - "fast" (default): inside the folder, present, the recorded size and fingerprint (8 MiB read per file
+      at most, milliseconds for a 10 GB decoder): a missing, truncated, replaced or half-copied file.
+    - "full": also every byte against the sha256 recorded at build (seconds per GB): silent corruption or
+      an edit that keeps the size.
+    - "off": the manifest only (a caller that verified the folder already)."""
+    if verify not in VERIFY_LEVELS:
+        raise ManifestError(f"verify must be one of {', '.join(VERIFY_LEVELS)}, got {verify!r}")
     folder = Path(folder)
     hint = REBUILD_HINT.format(folder=folder)
     path = folder / MANIFEST_NAME
@@ -646,7 +661,7 @@ def read_manifest(folder: str | os.PathLike, verify: bool = True) -> Manifest:
         manifest = Manifest.from_json(data)
     except ManifestError as exc:
         raise ManifestError(f"{folder}/{exc}; {hint}") from None
-    if verify:
+    if verify != "off":
         root = folder.resolve()
         for entry in manifest.files():
             file = folder / entry.file
@@ -655,6 +670,13 @@ def read_manifest(folder: str | os.PathLike, verify: bool = True) -> Manifest:
             if not file.resolve().is_relative_to(root):
                 raise ManifestError(f"{entry.file} in {folder} points outside the artifact folder (a symlink to "
                                     f"{file.resolve()}); the runtime reads only the folder's own files: {hint}")
-            if file.stat().st_size != entry.size or sha256_file(file) != entry.sha256:
-                raise ManifestError(f"{entry.file} in {folder} was altered after the build (sha256 mismatch); {hint}")
+            size = file.stat().st_size
+            if size != entry.size:
+                raise ManifestError(f"{entry.file} in {folder} is {size} bytes, the build wrote {entry.size}: it was "
+                                    f"altered or only partly copied; {hint}")
+            # Folders from before fingerprints get the full hash: there is nothing cheaper to compare with.
+            full = verify == "full" or entry.fingerprint is None
+            if (sha256_file(file) != entry.sha256) if full else (fingerprint_file(file) != entry.fingerprint):
+                raise ManifestError(f"{entry.file} in {folder} was altered after the build ("
+                                    f"{'sha256' if full else 'fingerprint'} mismatch); {hint}")
     return manifest

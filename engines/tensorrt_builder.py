@@ -203,7 +203,8 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, component: Comp
         atomic_write_bytes(cache_file, memoryview(config.get_timing_cache().serialize()).tobytes())
     log(f"  built {engine_path.name} from {onnx_path.name} in {time.perf_counter() - t:.1f} s")
     written = file_entry(engine_path.parent, engine_path.name)
-    return TensorRTEngineEntry(written.file, written.sha256, written.size, trt_version=trt.__version__,
+    return TensorRTEngineEntry(written.file, written.sha256, written.size, written.fingerprint,
+                               trt_version=trt.__version__,
                                compute_capability=compute_capability(), plugin_sha256=plugin_hash,
                                workspace_bytes=int(workspace),
                                profiles=[{n: [list(s) for s in v] for n, v in p.items()} for p in profiles])
@@ -242,7 +243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: TensorRT is not installed here; engines are built on the device that runs them "
               "(JetPack 6 ships TensorRT 10.3)", file=sys.stderr)
         return 2
-    manifest = read_manifest(args.artifacts, verify=True)
+    manifest = read_manifest(args.artifacts, verify="full")
     build_artifacts(args.artifacts, manifest, plugins=args.plugins, workspace=int(args.workspace_gb * (1 << 30)),
                     timing_cache=args.timing_cache or args.artifacts / "timing.cache", components=args.components)
     write_manifest(args.artifacts, manifest)

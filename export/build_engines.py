@@ -26,7 +26,7 @@ import numpy as np
 from engines.base import BACKENDS, backend_importable
 from engines.contract import (CAPTIONER_DECODER, CAPTIONER_EMBED, CAPTIONER_VISION, MANIFEST_NAME, SEGMENTER,
                               VISION_TOWER, CaptionerEntry, ComponentEntry, Manifest, Preprocess, Sample, TorchSource,
-                              file_entry, write_manifest)
+                              file_entry, read_manifest, write_manifest)
 from engines.errors import LLMFormerError
 
 PRECISIONS = ("fp32", "fp16", "int8")   # export/precision.py makes fp16 and int8 from the fp32 export
@@ -61,6 +61,7 @@ class BuildConfig:
     opset: int = 17
     seed: int = 0
     skip_validation: bool = False
+    verify: Path | None = None               # set: build nothing, check this folder's every byte instead
 
 
 def log(msg: str) -> None:
@@ -119,6 +120,9 @@ def parse_args(argv=None) -> BuildConfig:
     ap.add_argument("--opset", type=int, default=17, help="ONNX opset (17 or newer)")
     ap.add_argument("--seed", type=int, default=0, help="seed for random weights")
     ap.add_argument("--skip-validation", action="store_true", help="skip the ONNX Runtime vs PyTorch check")
+    ap.add_argument("--verify", type=Path, default=None, metavar="DIR",
+                    help="build nothing: check every file of the artifact folder DIR against the sha256 recorded at "
+                         "build (runtime.load checks sizes and fingerprints; this reads every byte)")
     return BuildConfig(**vars(ap.parse_args(argv)))
 
 
@@ -336,8 +340,6 @@ def export_captioner_entries(captioner, staging: Path, preset, args: BuildConfig
     from export.captioner import export_captioner
 
     exp = export_captioner(captioner, staging, preset.vision_tower.feature_layers, opset=args.opset)
-    checkpoint = [file_entry(staging, str(p.relative_to(staging)))
-                  for p in sorted((staging / CAPTIONER_DIR).rglob("*")) if p.is_file()]
     parts = {"vision": exp.vision, "embed": exp.embed, "decoder": exp.decoder}
     for part, graph in parts.items():
         entries[graph.names.component] = ComponentEntry(
@@ -345,10 +347,13 @@ def export_captioner_entries(captioner, staging: Path, preset, args: BuildConfig
             data_files=[file_entry(staging, f) for f in graph.data_files],
             inputs=list(graph.inputs), outputs=list(graph.outputs),
             profiles=[{n: [list(s) for s in shapes] for n, shapes in p.items()} for p in graph.profiles],
-            torch=TorchSource(CAPTIONER_DIR, part, list(preset.vision_tower.feature_layers), checkpoint),
+            torch=TorchSource(CAPTIONER_DIR, part, list(preset.vision_tower.feature_layers)),
             random_weights=random)
+    # The checkpoint (for the PyTorch engine) is listed, and so hashed, once, not under each of its parts.
+    checkpoint = [file_entry(staging, p.relative_to(staging).as_posix())
+                  for p in sorted((staging / CAPTIONER_DIR).rglob("*")) if p.is_file()]
     return CaptionerEntry(file_entry(staging, exp.tokenizer_file), file_entry(staging, exp.prompt_file),
-                          max_context=exp.max_context, image_tokens=exp.image_tokens)
+                          max_context=exp.max_context, image_tokens=exp.image_tokens, checkpoint=checkpoint)
 
 
 def write_samples(folder: Path, trained: bool, size: int, count: int = 8) -> list[Sample]:
@@ -443,11 +448,23 @@ def summary(out: Path, entries: dict[str, ComponentEntry]) -> None:
             log("  ".join("-" * w for w in widths))
 
 
+def verify_folder(folder: Path) -> None:
+    """Every file of an artifact folder against its recorded sha256 (read_manifest's "full" level)."""
+    t = time.perf_counter()
+    manifest = read_manifest(folder, verify="full")
+    files = list(manifest.files())
+    log(f"{folder}: {len(files)} files, {sum(f.size for f in files) / 1e9:.2f} GB match their sha256 "
+        f"({time.perf_counter() - t:.1f} s)")
+
+
 def main(argv=None) -> int:
     """The command: one line on stderr and exit status 2 for anything the user can fix, never a traceback."""
     config = parse_args(argv)
     try:
-        build(config)
+        if config.verify is not None:
+            verify_folder(config.verify)
+        else:
+            build(config)
     except LLMFormerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -435,19 +435,21 @@ def check_vocabulary(vocabulary: Sequence[str]) -> list[str]:
 
 def load(path: str | Path, backend: str | None = None, threads: int | None = None,
          cache_size: int = 4096, map_threshold: float = 0.5, parser_model: str | None = None,
-         warmup: bool = True, captioning=None, **engine_options: Any) -> Runtime:
-    """Validate an artifact folder (manifest, hashes, format version) and open it on `backend`.
+         warmup: bool = True, captioning=None, verify: str = "fast", **engine_options: Any) -> Runtime:
+    """Validate an artifact folder (manifest, format version, files) and open it on `backend`.
 
     `backend=None` takes the folder's recorded backend where it is installed, else ONNX Runtime.
     `cache_size`: phrases kept in the text-embedding cache. `map_threshold`: cosine similarity above
     which a caption object is taken for a vocabulary class. `parser_model`: a spaCy pipeline name
     (default: the one the build recorded). `warmup`: load the parser and run each engine once now.
     `captioning`: a runtime.captioning.CaptionPolicy turns on asynchronous captioning (after the warmup);
-    None (default) keeps segment() captioning synchronously."""
+    None (default) keeps segment() captioning synchronously. `verify`: how the folder's files are checked
+    against the manifest: "fast" (sizes and a fingerprint of at most 8 MiB per file), "full" (every byte's
+    sha256, as recorded at build) or "off" (see engines.contract.read_manifest)."""
     folder = Path(path)
     if backend is not None and backend not in BACKENDS:
         raise EngineError(f"unknown backend '{backend}': choose one of {', '.join(BACKENDS)}")
-    manifest = read_manifest(folder, verify=True)
+    manifest = read_manifest(folder, verify=verify)
     if backend is None:
         # TensorRT where it is installed, a GPU is visible and the folder has engines; else the recorded
         # backend where installed; else ONNX Runtime, whose default providers prefer TensorRT / CUDA EPs.

@@ -4,6 +4,7 @@ import copy
 import json
 import shutil
 
+import numpy as np
 import onnx
 import pytest
 
@@ -78,3 +79,67 @@ def test_a_symlink_out_of_the_folder_is_refused(folder, tmp_path):
     (folder / "segmenter.onnx").symlink_to(outside)
     with pytest.raises(ManifestError, match="points outside the artifact folder"):
         read_manifest(folder)
+
+
+# ------------------------------------------------------------------------------------------- verify levels
+def test_fingerprint_reads_a_bounded_sample_of_a_large_file(tmp_path):
+    from engines.files import FINGERPRINT_BLOCK, fingerprint_file, sha256_file
+
+    path = tmp_path / "big.bin"
+    data = bytearray(np.random.default_rng(0).integers(0, 256, 20 * FINGERPRINT_BLOCK, dtype=np.uint8).tobytes())
+    path.write_bytes(data)
+    before = fingerprint_file(path), sha256_file(path)
+    data[FINGERPRINT_BLOCK + 123] ^= 0xFF              # inside a stretch the fingerprint does not read
+    path.write_bytes(data)
+    assert fingerprint_file(path) == before[0] and sha256_file(path) != before[1]
+    data[-1] ^= 0xFF                                    # the tail is always read
+    path.write_bytes(data)
+    assert fingerprint_file(path) != before[0]
+
+
+def test_load_checks_fingerprints_and_full_checks_every_byte(folder):
+    data = json.loads((folder / MANIFEST_NAME).read_text())
+    assert all(len(e["fingerprint"]) == 64 for e in [data["tokenizer"], data["components"]["segmenter"]["onnx"]])
+    assert read_manifest(folder, verify="full").preset_name == "demo"
+    path = folder / "segmenter.onnx"                    # small: the fingerprint covers every byte
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    path.write_bytes(raw)
+    with pytest.raises(ManifestError, match="segmenter.onnx .*fingerprint mismatch"):
+        read_manifest(folder)
+    with pytest.raises(ManifestError, match="segmenter.onnx .*sha256 mismatch"):
+        read_manifest(folder, verify="full")
+    assert read_manifest(folder, verify="off").components["segmenter"].onnx.file == "segmenter.onnx"
+    path.write_bytes(bytes(raw[:-10]))
+    with pytest.raises(ManifestError, match="segmenter.onnx .* bytes, the build wrote"):
+        read_manifest(folder)
+    with pytest.raises(ManifestError, match="verify must be one of off, fast, full"):
+        read_manifest(folder, verify=True)
+
+
+def test_a_folder_without_fingerprints_is_hashed_in_full(folder):
+    def drop(m):
+        for entry in [m["tokenizer"], *(c["onnx"] for c in m["components"].values())]:
+            entry.pop("fingerprint")
+
+    rewrite(folder, drop)
+    manifest = read_manifest(folder)
+    assert manifest.tokenizer.fingerprint is None and "fingerprint" not in manifest.tokenizer.to_json()
+
+
+def test_the_captioner_checkpoint_is_listed_once(tiny_artifacts):
+    data = json.loads((tiny_artifacts / MANIFEST_NAME).read_text())
+    listed = [e["file"] for e in data["captioner"]["checkpoint"]]
+    assert listed and all(f.startswith("captioner/") for f in listed)
+    assert "captioner/" not in json.dumps(data["components"]).replace('"captioner": "captioner"', "")
+
+
+def test_verify_command_checks_every_byte(folder, capsys):
+    from export.build_engines import main
+
+    assert main(["--verify", str(folder)]) == 0
+    assert "match their sha256" in capsys.readouterr().out
+    (folder / "tokenizer.json").write_text("{}")
+    assert main(["--verify", str(folder)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "tokenizer.json" in err[0]
