@@ -9,6 +9,11 @@ set_tensor_address / execute_async_v3).
 
 - Buffers: one device buffer per input and output, sized for the largest shape the engine takes (the manifest's
   `max_shape`), allocated and bound once; a call copies the inputs in, runs, and copies the outputs out.
+- Shared buffers (`run_bound`): an input or output given as a `DeviceTensor` is bound by its device pointer
+  (IExecutionContext.set_tensor_address), so another engine's output buffer (the vision tower's hidden states)
+  or a KV cache made with `allocate` is read and written in place, never through the host. An output the
+  caller does not bind comes back as a DeviceTensor over the engine's own buffer, valid until its next run.
+  `__call__` binds the engine's own buffers again.
 - CUDA graphs: for an engine whose inputs are all static (the segmenter at a fixed vocabulary size is not; the
   vision tower is), the enqueue is captured once after a first eager run and replayed (`cuda_graph=None` means
   "where the shapes are static"; False turns it off). Any capture failure falls back to eager execution.
@@ -24,7 +29,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from engines.base import Engine
+from engines.base import CudaMemory, DeviceTensor, Engine
 from engines.contract import ComponentEntry, Manifest, TensorRTEngineEntry, TensorSpec
 from engines.errors import EngineError
 from engines.tensorrt_builder import (REBUILD, compute_capability, cuda_check, cudart, load_plugins, plugin_library,
@@ -48,6 +53,8 @@ class TensorRTEngine(Engine):
 
         super().__init__(name, list(inputs), list(outputs))
         self._buffers: dict[str, int] = {}
+        self._addresses: dict[str, int] = {}   # what each tensor is bound to now
+        self._device = int(device)
         self._stream = None
         self._graph_exec = None
         built = built.to_json() if built is not None else {}
@@ -96,8 +103,13 @@ class TensorRTEngine(Engine):
             nbytes = max(int(np.prod(shape)) * dtype.itemsize, 1)
             self._buffers[spec.name] = int(cuda_check(rt.cudaMalloc(nbytes)))
             self._dtypes[spec.name] = dtype
-            if not self._context.set_tensor_address(spec.name, self._buffers[spec.name]):
-                raise EngineError(f"{name}: TensorRT did not accept the buffer for '{spec.name}'")
+            self._bind(spec.name, self._buffers[spec.name])
+
+    def _bind(self, name: str, address: int) -> None:
+        if self._addresses.get(name) != address:
+            if not self._context.set_tensor_address(name, address):
+                raise EngineError(f"{self.name}: TensorRT did not accept the buffer for '{name}'")
+            self._addresses[name] = address
 
     @classmethod
     def from_component(cls, name: str, folder: Path, component: ComponentEntry, plugins=None,
@@ -116,12 +128,13 @@ class TensorRTEngine(Engine):
 
     def _enqueue(self) -> None:
         rt = self._rt
-        if self._graph_exec is not None:
+        own = self._addresses == self._buffers   # a captured graph replays the addresses it was captured with
+        if self._graph_exec is not None and own:
             cuda_check(rt.cudaGraphLaunch(self._graph_exec, self._stream))
             return
         if not self._context.execute_async_v3(self._stream):
             raise EngineError(f"{self.name}: TensorRT failed to run the engine (see the TensorRT log)")
-        if self._use_graph and self._runs >= 1:
+        if self._use_graph and self._runs >= 1 and own:
             self._capture()
 
     def _capture(self) -> None:
@@ -144,6 +157,8 @@ class TensorRTEngine(Engine):
         rt = self._rt
         h2d, d2h = rt.cudaMemcpyKind.cudaMemcpyHostToDevice, rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
         keep = []  # host arrays must outlive the async copies
+        for name, address in self._buffers.items():
+            self._bind(name, address)
         for spec in self.inputs:
             array = np.ascontiguousarray(feeds[spec.name], dtype=self._dtypes[spec.name])
             keep.append(array)
@@ -164,6 +179,55 @@ class TensorRTEngine(Engine):
         cuda_check(rt.cudaStreamSynchronize(self._stream))
         return {n: (a if a.dtype == np.dtype(s.dtype) else a.astype(s.dtype))
                 for (n, a), s in zip(out.items(), self.outputs)}
+
+    # -- shared device buffers --------------------------------------------------------------------------
+    @property
+    def tensor_device(self) -> str:
+        return f"cuda:{self._device}"
+
+    def tensor_dtype(self, name: str) -> np.dtype:
+        return self._dtypes[name] if name in getattr(self, "_dtypes", {}) else super().tensor_dtype(name)
+
+    def _new_tensor(self, name: str, shape: tuple[int, ...], dtype: np.dtype) -> DeviceTensor:
+        memory = CudaMemory(int(np.prod(shape)) * dtype.itemsize)
+        return DeviceTensor(memory.ptr, shape, dtype, self.tensor_device, memory, self.io)
+
+    def _run_bound(self, inputs: dict[str, Any], outputs: dict[str, DeviceTensor]) -> dict[str, DeviceTensor]:
+        rt = self._rt
+        keep = []  # host arrays must outlive the async copies
+        for spec in self.inputs:
+            value = inputs[spec.name]
+            if isinstance(value, DeviceTensor) and value.device != self.tensor_device:
+                value = value.to_numpy()   # another device's tensor: through the host (counted by its engine)
+            if isinstance(value, np.ndarray):
+                array = np.ascontiguousarray(value, dtype=self._dtypes[spec.name])
+                keep.append(array)
+                self._bind(spec.name, self._buffers[spec.name])
+                cuda_check(rt.cudaMemcpyAsync(self._buffers[spec.name], array.ctypes.data, array.nbytes,
+                                              rt.cudaMemcpyKind.cudaMemcpyHostToDevice, self._stream))
+                self.io.add(h2d=array.nbytes)
+            else:
+                self._bind(spec.name, value.data_ptr())
+                array = value
+            if spec.min_shape is not None and not self._context.set_input_shape(spec.name, tuple(array.shape)):
+                raise EngineError(f"{self.name}: shape {list(array.shape)} of '{spec.name}' is outside the engine's "
+                                  f"profile")
+        result = {}
+        for spec in self.outputs:   # output shapes follow from the input shapes: check before anything is written
+            shape = tuple(int(d) for d in self._context.get_tensor_shape(spec.name))
+            bound = outputs.get(spec.name)
+            if bound is None:
+                bound = DeviceTensor(self._buffers[spec.name], shape, self._dtypes[spec.name], self.tensor_device,
+                                     self, self.io)
+            elif bound.shape != shape:
+                raise EngineError(f"{self.name}: output '{spec.name}' will be {list(shape)}, the tensor bound to it "
+                                  f"is {list(bound.shape)}")
+            self._bind(spec.name, bound.data_ptr())
+            result[spec.name] = bound
+        self._enqueue()
+        self._runs += 1
+        cuda_check(rt.cudaStreamSynchronize(self._stream))
+        return result
 
     def close(self) -> None:
         rt = getattr(self, "_rt", None)

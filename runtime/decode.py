@@ -10,6 +10,14 @@ caption. The decoder graph takes the whole buffer as its past with an attention 
 slots, and returns the keys/values of the token it was fed, which are written into their slot. No step
 allocates, grows or concatenates the cache; the price is attending over at most `max_new_tokens` empty
 (masked) slots, which is small beside the prompt's hundreds of image tokens.
+
+Where it lives: every tensor of the loop (the cache, the attention mask, the step's embedding, presents and
+logits) is allocated once per caption on the decoder's device (`Engine.allocate`, in the graph's dtype) and
+passed by `Engine.run_bound`, so the cache never leaves that device: ONNX Runtime binds it through IOBinding,
+TensorRT by device pointer. A decode step moves, host <-> device, the token id, its position and one mask
+slot in (8 bytes each) and the last position's logits out (V x 4 bytes): O(1) in the cache length. The new
+keys/values are copied on the device into their slot (2 x layers x Hkv x D elements). `Caption.io` has the
+counts (engines.base.IOBytes), and the profiler reports them per token.
 """
 from __future__ import annotations
 
@@ -22,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from engines.base import Engine
+from engines.base import DeviceTensor, Engine, IOBytes, total_io
 from engines.contract import CAPTIONER_DECODER, CAPTIONER_EMBED, CAPTIONER_VISION
 from engines.errors import LLMFormerError
 from runtime.profiling import nvtx_range
@@ -98,6 +106,25 @@ class CaptionTimings:
                 "caption_decode_ms_per_token": 1e3 * float(np.mean(self.decode_s)) if self.decode_s else 0.0}
 
 
+@dataclass(frozen=True)
+class CaptionIO:
+    """Bytes the caption's engines (embed, prefill, decoder) moved: `prefill` (prompt ids, image embeddings,
+    positions, the first logits, the cache's set-up) and `decode` (all steps after the first token)."""
+
+    prefill: IOBytes
+    decode: IOBytes
+    steps: int                      # decode steps (tokens after the first)
+
+    @property
+    def bytes_per_token(self) -> float:
+        """Host <-> device bytes per decode step (nan without steps)."""
+        return self.decode.host_device / self.steps if self.steps else float("nan")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"prefill": self.prefill.as_dict(), "decode": self.decode.as_dict(), "steps": self.steps,
+                "bytes_per_token": self.bytes_per_token}
+
+
 @dataclass
 class Caption:
     text: str                       # the answer, special tokens dropped, stripped
@@ -105,19 +132,24 @@ class Caption:
     question: str
     stop_reason: str                # "stop_token", "max_new_tokens" or "context" (the context is full)
     timings: CaptionTimings = field(repr=False)
+    io: CaptionIO | None = field(default=None, repr=False)
 
 
 class KVCache:
-    """Key and value buffers per layer, (1, Hkv, capacity, D), filled slot by slot."""
+    """Key and value tensors per layer, (1, Hkv, capacity, D), on the decoder's device in its dtype, zeroed,
+    filled slot by slot."""
 
-    def __init__(self, names: Sequence[str], heads: int, head_dim: int, capacity: int, dtype: np.dtype):
-        self.buffers = {n: np.zeros((1, heads, capacity, head_dim), dtype) for n in names}
+    def __init__(self, engine: Engine, names: Sequence[str], heads: int, head_dim: int, capacity: int):
+        self.buffers = {n: engine.allocate(n, (1, heads, capacity, head_dim)) for n in names}
         self.capacity = capacity
 
-    def write(self, presents: Sequence[np.ndarray], start: int) -> None:
-        """Store the keys/values of tokens start.. (in the order of `names`)."""
+    def write(self, presents: Sequence[DeviceTensor], start: int) -> None:
+        """Store the keys/values (1, Hkv, S, D) of tokens start..start+S-1 (in the order of `names`): one strided
+        copy per tensor, of the new tokens only."""
         for buffer, present in zip(self.buffers.values(), presents):
-            buffer[:, :, start:start + present.shape[2]] = present
+            if present.dtype != buffer.dtype:   # a graph whose presents differ from its past: cast through the host
+                present = present.to_numpy().astype(buffer.dtype)
+            buffer.write(present, axis=2, start=start)
 
 
 class CaptionDecoder:
@@ -158,8 +190,6 @@ class CaptionDecoder:
 
         self.image_token_id = self._token_id(prompt.image_token)
         self.stop_ids = {self._token_id(t) for t in prompt.stop_tokens}
-        # Prefill's past: one masked slot (TensorRT profiles cannot take a length-0 past).
-        self._empty_past = np.zeros((1, heads, 1, head_dim), self.kv_dtype)
 
     @classmethod
     def from_files(cls, tokenizer_file: str | Path, prompt_file: str | Path, embed: Engine, decoder: Engine,
@@ -210,20 +240,24 @@ class CaptionDecoder:
                                "caption_embeds() with the image embeddings")
         self.check_question(question)  # fail before spending a vision pass
         start = time.perf_counter()
-        image_embeds = self.vision({CAPTIONER_VISION.pixel_values: pixel_values})[CAPTIONER_VISION.image_embeds]
+        # On the vision engine's device: the image embeddings go to the embed engine's without the host.
+        out = self.vision.run_bound({CAPTIONER_VISION.pixel_values: pixel_values})
+        image_embeds = out[CAPTIONER_VISION.image_embeds]
         vision_s = time.perf_counter() - start
         return self.caption_embeds(image_embeds, question, max_new_tokens=max_new_tokens,
                                    repetition_penalty=repetition_penalty, vision_s=vision_s)
 
-    def caption_embeds(self, image_embeds: np.ndarray, question: str | None = None, *,
+    def caption_embeds(self, image_embeds: np.ndarray | DeviceTensor, question: str | None = None, *,
                        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, repetition_penalty: float = 1.0,
                        vision_s: float = 0.0) -> Caption:
-        """image_embeds (1, N, E) from the vision engine -> Caption (greedy)."""
+        """image_embeds (1, N, E) from the vision engine (a numpy array, or a DeviceTensor left on its device by
+        `vision.run_bound`) -> Caption (greedy)."""
         if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
             raise CaptionError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
         if not repetition_penalty > 0:
             raise CaptionError(f"repetition_penalty must be > 0 (1 = off), got {repetition_penalty!r}")
-        if not (isinstance(image_embeds, np.ndarray) and image_embeds.ndim == 3 and image_embeds.shape[0] == 1):
+        if not (isinstance(image_embeds, (np.ndarray, DeviceTensor)) and image_embeds.ndim == 3
+                and image_embeds.shape[0] == 1):
             raise CaptionError(f"image_embeds must be a (1, N, E) array, got "
                                f"{getattr(image_embeds, 'shape', type(image_embeds).__name__)}")
         question = self.check_question(question)
@@ -236,43 +270,64 @@ class CaptionDecoder:
                 f"shorten the question")
         budget = min(int(max_new_tokens), self.max_context - L)
         d = CAPTIONER_DECODER
+        engines = (self.embed, self.prefill, self.decoder)
+        io_start = total_io(engines)
 
         start = time.perf_counter()
         with nvtx_range("caption_prefill"):  # Nsight Systems rows; no-ops without NVTX
             is_image = ids == self.image_token_id
-            # Image tokens are looked up as id 0 and then overwritten: their own row may not exist in the table.
-            embeds = self._embed(np.where(is_image, 0, ids)[None])
-            embeds[0, is_image] = image_embeds[0].astype(embeds.dtype, copy=False)
-            out = self.prefill({d.inputs_embeds: embeds,
-                                d.attention_mask: np.concatenate([[0], np.ones(L, np.int64)])[None].astype(np.int64),
-                                d.position_ids: np.arange(L, dtype=np.int64)[None],
-                                **{n: self._empty_past for n in self.past_names}})
-            cache = KVCache(self.past_names, self.kv_heads, self.head_dim, max(1, L + budget - 1), self.kv_dtype)
+            # Image tokens are looked up as id 0 and then overwritten (their own row may not exist in the table):
+            # they are one run in the prompt, so the image embeddings are one block copy into it, on the device.
+            embeds = self._embed(np.where(is_image, 0, ids)[None])            # (1, L, E) on the embed engine
+            if isinstance(image_embeds, DeviceTensor) and image_embeds.dtype != embeds.dtype:
+                image_embeds = image_embeds.to_numpy()
+            if isinstance(image_embeds, np.ndarray):
+                image_embeds = image_embeds.astype(embeds.dtype, copy=False)
+            embeds.write(image_embeds, axis=1, start=int(np.argmax(is_image)))
+            # Prefill's past: one masked slot (TensorRT profiles cannot take a length-0 past).
+            empty = self.prefill.allocate(self.past_names[0], (1, self.kv_heads, 1, self.head_dim))
+            out = self.prefill.run_bound({d.inputs_embeds: embeds,
+                                          d.attention_mask: np.concatenate([[0], np.ones(L)])[None].astype(np.int64),
+                                          d.position_ids: np.arange(L, dtype=np.int64)[None],
+                                          **{n: empty for n in self.past_names}})
+            cache = KVCache(self.decoder, self.past_names, self.kv_heads, self.head_dim, max(1, L + budget - 1))
             cache.write([out[n] for n in self.present_names], 0)
+            logits = out[d.logits].to_numpy()
             seen = None
             if repetition_penalty != 1.0:   # as transformers does: over every id so far, prompt included
-                seen = np.zeros(out[d.logits].shape[-1], bool)
+                seen = np.zeros(logits.shape[-1], bool)
                 seen[ids] = True
-            token = self._select(out[d.logits], seen, repetition_penalty)
+            token = self._select(logits, seen, repetition_penalty)
+            # The decode loop's tensors, once per caption: mask over the cache slots then the fed token.
+            mask = self.decoder.allocate(d.attention_mask, (1, cache.capacity + 1))
+            initial = np.zeros((1, cache.capacity + 1), np.int64)
+            initial[0, :L] = 1
+            initial[0, -1] = 1
+            mask.write(initial)
+            step_embeds = self.embed.allocate(CAPTIONER_EMBED.inputs_embeds, (1, 1, embeds.shape[2]))
+            step_out = {n: self.decoder.allocate(n, (1, self.kv_heads, 1, self.head_dim)) for n in self.present_names}
+            step_out[d.logits] = self.decoder.allocate(d.logits, logits.shape)
         prefill_s = time.perf_counter() - start
+        io_prefill = total_io(engines)
 
         generated, decode_s = [token], []
-        mask = np.zeros((1, cache.capacity + 1), np.int64)   # cache slots, then the fed token
-        mask[0, :L] = 1
-        mask[0, -1] = 1
         position = np.zeros((1, 1), np.int64)
+        slot = np.ones((1, 1), np.int64)
         with nvtx_range("caption_decode"):
             while token not in self.stop_ids and len(generated) < budget:
                 start = time.perf_counter()
                 n = L + len(generated) - 1                          # the fed token's position and cache slot
                 position[0, 0] = n
-                out = self.decoder({d.inputs_embeds: self._embed(np.array([[token]], np.int64)),
-                                    d.attention_mask: mask, d.position_ids: position, **cache.buffers})
+                self.embed.run_bound({CAPTIONER_EMBED.input_ids: np.array([[token]], np.int64)},
+                                     {CAPTIONER_EMBED.inputs_embeds: step_embeds})
+                out = self.decoder.run_bound({d.inputs_embeds: step_embeds, d.attention_mask: mask,
+                                              d.position_ids: position, **cache.buffers}, step_out)
                 cache.write([out[name] for name in self.present_names], n)
-                mask[0, n] = 1
-                token = self._select(out[d.logits], seen, repetition_penalty)
+                mask.write(slot, axis=1, start=n)
+                token = self._select(out[d.logits].to_numpy(), seen, repetition_penalty)
                 generated.append(token)
                 decode_s.append(time.perf_counter() - start)
+        io = CaptionIO(io_prefill - io_start, total_io(engines) - io_prefill, len(decode_s))
 
         if token in self.stop_ids:
             generated.pop()
@@ -281,10 +336,10 @@ class CaptionDecoder:
             reason = "max_new_tokens" if budget == max_new_tokens else "context"
         text = self.tokenizer.decode(generated, skip_special_tokens=True).strip()
         return Caption(text, [int(t) for t in generated], question, reason,
-                       CaptionTimings(vision_s, prefill_s, decode_s, L))
+                       CaptionTimings(vision_s, prefill_s, decode_s, L), io)
 
-    def _embed(self, ids: np.ndarray) -> np.ndarray:
-        return self.embed({CAPTIONER_EMBED.input_ids: ids})[CAPTIONER_EMBED.inputs_embeds]
+    def _embed(self, ids: np.ndarray) -> DeviceTensor:
+        return self.embed.run_bound({CAPTIONER_EMBED.input_ids: ids})[CAPTIONER_EMBED.inputs_embeds]
 
     @staticmethod
     def _select(logits: np.ndarray, seen: np.ndarray | None, penalty: float) -> int:

@@ -7,9 +7,11 @@ Without --video/--camera the frames are made from the build's sample frames (`sa
 folder, resized to --size): a scene cut every 30 frames, the picture panning 2 px per frame in between, and
 the samples' class names as the vocabulary unless --vocabulary is given. Stages: capture, preprocess, vision, caption_wait, parse, text, segment,
 postprocess, total (one segment() call), overlay, output on the loop's thread; caption, caption_prefill,
-caption_decode on the caption worker's. The Chrome trace (--trace) shows both threads side by side: open
-it in https://ui.perfetto.dev. On a GPU with the `nvtx` package, `nsys profile python -m runtime.profile
-...` shows the same stages as NVTX ranges.
+caption_decode on the caption worker's. Bytes moved between host and device (engines.base.IOBytes): per frame
+over all engines (`engine_io_bytes_per_frame`, captioning included) and per generated caption token
+(`caption_io_bytes_per_token`: the decode loop only, the KV cache staying on the device). The Chrome trace
+(--trace) shows both threads side by side: open it in https://ui.perfetto.dev. On a GPU with the `nvtx` package,
+`nsys profile python -m runtime.profile ...` shows the same stages as NVTX ranges.
 """
 from __future__ import annotations
 
@@ -26,7 +28,8 @@ import numpy as np
 
 from engines.errors import ManifestError
 from runtime.camera import FrameSource, SourceError, add_runtime_args, run_loop, start_runtime
-from runtime.profiling import Profiler, device_memory, machine, host_memory, open_fds, os_threads, stats_dict
+from runtime.profiling import (Profiler, device_memory, engine_io, host_memory, io_per_frame, machine, open_fds,
+                               os_threads, stats_dict)
 
 LOOP_STAGES = ["capture", "preprocess", "vision", "caption_wait", "caption", "parse", "text", "segment",
                "postprocess", "total", "overlay", "output"]
@@ -79,17 +82,22 @@ def profile(rt, frames: Iterator[np.ndarray], count: int, vocabulary: list[str] 
         if rt.captioning is not None:  # the first caption's cost belongs to the warm-up
             rt.captioning.worker.wait_idle(60.0)
     hits0, misses0 = rt.text_cache.hits, rt.text_cache.misses
+    engines = getattr(rt, "engines", {})
     prof.clear()
+    io0 = engine_io(engines)
     rt.profiler = prof
     try:
         stats = run_loop(rt, frames, vocabulary, caption, max_frames=count, render=overlay)
     finally:
         rt.profiler = None
+    io = io_per_frame(io0, engine_io(engines), stats.frames)
     hits, misses = rt.text_cache.hits - hits0, rt.text_cache.misses - misses0
     summary = prof.summary()
     decode = prof.spans("caption_decode")
     tokens = sum(s.args["tokens"] for s in decode if s.args)
     decode_s = sum(s.duration for s in decode)
+    io_tokens = sum(s.args["tokens"] for s in decode if s.args and "io_bytes" in s.args)
+    io_decode = sum(s.args["io_bytes"] for s in decode if s.args and "io_bytes" in s.args)
     device = device_memory()
     return {
         "runtime": repr(rt), "backend": rt.backend, "preset": rt.manifest.preset_name,
@@ -99,6 +107,9 @@ def profile(rt, frames: Iterator[np.ndarray], count: int, vocabulary: list[str] 
         "captions": stats.captions, "captions_per_min": stats.captions_per_min,
         "caption_errors": stats.caption_errors, "caption_timeouts": stats.caption_timeouts,
         "caption_decode_tokens_per_s": tokens / decode_s if decode_s > 0 else None,
+        "caption_io_bytes_per_token": io_decode / io_tokens if io_tokens else None,
+        "engine_io_bytes_per_frame": io["total"] if stats.frames else None,
+        "engine_io_bytes_per_frame_by_engine": io["by_engine"],
         "text_cache_hit_rate": hits / (hits + misses) if hits + misses else None,
         "host_memory_mib": host_memory(), "device_memory": device if device is not None else "n/a",
         "threads": os_threads(), "open_fds": open_fds(), "nvtx": prof.nvtx, "spans_dropped": prof.dropped,
@@ -127,12 +138,22 @@ def format_report(report: dict[str, Any]) -> str:
         f"captions: {report['captions']} ({report['captions_per_min']:.1f}/min), {report['caption_errors']} failed, "
         f"{report['caption_timeouts']} timed out; decode {num(report['caption_decode_tokens_per_s'], '.1f')} tokens/s",
         f"text cache hit rate: {num(report['text_cache_hit_rate'], '.3f')}",
+        f"host<->device: {_bytes(report['engine_io_bytes_per_frame'])} per frame (all engines), "
+        f"{_bytes(report['caption_io_bytes_per_token'])} per caption token",
         f"host memory: RSS {num(mem['rss_mib'], '.1f')} MiB, peak {num(mem['peak_rss_mib'], '.1f')} MiB; "
         f"device memory: {dev if isinstance(dev, str) else json.dumps(dev)}",
         f"threads {report['threads']}, open fds {num(report['open_fds'], 'd')}, "
         f"NVTX {'on' if report['nvtx'] else 'off'}",
     ]
     return "\n".join(lines)
+
+
+def _bytes(n: float | None) -> str:
+    if n is None:
+        return "n/a"
+    if n < 1024:
+        return f"{n:.0f} B"
+    return f"{n / 1024:.1f} KiB" if n < 1024 ** 2 else f"{n / 1024 ** 2:.1f} MiB"
 
 
 def main(argv=None) -> int:

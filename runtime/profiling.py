@@ -11,6 +11,10 @@ attribute test per stage. NVTX ranges (shown by Nsight Systems) are pushed aroun
 `nvtx` package is importable, or torch's CUDA NVTX where torch is already imported and sees a GPU;
 otherwise they are no-ops. This module never imports torch itself.
 
+Bytes moved: each engine counts its host <-> device transfers (engines.base.IOCounter); `engine_io()` reads
+them for a Runtime's engines, and caption spans carry their caption's bytes (`io_bytes`, host <-> device), so a
+report gives bytes per frame and per generated token.
+
 Memory is read from /proc on Linux (current RSS, open file descriptors, OS threads) and `resource`
 (peak RSS), with psutil where /proc is missing; device memory from NVML (nvidia-ml-py) or torch where
 either is importable and a GPU is visible, else "n/a".
@@ -34,7 +38,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["machine", "Span", "StageStats", "Profiler", "NULL_SPAN", "nvtx_range", "host_memory", "device_memory",
-           "open_fds", "os_threads"]
+           "open_fds", "os_threads", "engine_io", "io_per_frame"]
 
 
 def machine() -> str:
@@ -258,8 +262,31 @@ class Profiler:
         if timings is None or not hasattr(timings, "prefill_s"):
             return
         decode = float(sum(timings.decode_s))
-        self.record("caption_prefill", start, timings.prefill_s, args={"tokens": timings.prompt_tokens})
-        self.record("caption_decode", start + timings.prefill_s, decode, args={"tokens": len(timings.decode_s)})
+        io = getattr(caption, "io", None)   # runtime.decode.CaptionIO: host <-> device bytes of each phase
+        prefill_args = {"tokens": timings.prompt_tokens}
+        decode_args = {"tokens": len(timings.decode_s)}
+        if io is not None:
+            prefill_args["io_bytes"] = io.prefill.host_device
+            decode_args["io_bytes"] = io.decode.host_device
+        self.record("caption_prefill", start, timings.prefill_s, args=prefill_args)
+        self.record("caption_decode", start + timings.prefill_s, decode, args=decode_args)
+
+
+def engine_io(engines: dict[str, Any]) -> dict[str, Any]:
+    """Each engine's bytes moved so far (engines.base.IOBytes), by name; engines without a counter are left out."""
+    return {name: e.io.snapshot() for name, e in engines.items() if getattr(e, "io", None) is not None}
+
+
+def io_per_frame(before: dict[str, Any], after: dict[str, Any], frames: int) -> dict[str, Any]:
+    """Bytes per frame between two `engine_io` readings: host <-> device in all (`total`, what the JSON report
+    calls engine_io_bytes_per_frame) and per engine and direction."""
+    frames = max(int(frames), 1)
+    by_engine = {}
+    for name, now in after.items():
+        moved = now - before[name] if name in before else now
+        by_engine[name] = {k: v / frames for k, v in moved.as_dict().items()}
+    total = sum(d["host_to_device"] + d["device_to_host"] for d in by_engine.values())
+    return {"total": total, "by_engine": by_engine}
 
 
 def stats_dict(summary: dict[str, StageStats]) -> dict[str, dict[str, Any]]:
