@@ -87,6 +87,7 @@ class TensorRTEngine(Engine):
         except BaseException:
             self.close()  # free the stream and the buffers allocated before the failure
             raise
+        self._profile = 0   # the context starts on profile 0
         self._static = all(s.min_shape is None for s in self.inputs)
         self._use_graph = self._static if cuda_graph is None else bool(cuda_graph) and self._static
         self._runs = 0
@@ -104,6 +105,27 @@ class TensorRTEngine(Engine):
             self._buffers[spec.name] = int(cuda_check(rt.cudaMalloc(nbytes)))
             self._dtypes[spec.name] = dtype
             self._bind(spec.name, self._buffers[spec.name])
+
+    def _select_profile(self, shapes: dict[str, tuple[int, ...]]) -> None:
+        """Switch the context to the first optimization profile whose [min, max] holds every dynamic input's
+        shape (the captioner decoder has two: prefill S = 1..n, P = 1 and decode S = 1, P = 1..n)."""
+        engine = self._engine
+        dynamic = [s.name for s in self.inputs if s.min_shape is not None]
+        if engine.num_optimization_profiles <= 1 or not dynamic:
+            return
+        for k in range(engine.num_optimization_profiles):
+            fits = True
+            for name in dynamic:
+                lo, _, hi = engine.get_tensor_profile_shape(name, k)
+                fits = fits and all(a <= d <= b for a, d, b in zip(lo, shapes[name], hi))
+            if fits:
+                if k != self._profile:
+                    self._context.set_optimization_profile_async(k, self._stream)
+                    self._profile = k
+                    self._graph_exec = None   # a captured graph belongs to the profile it was captured on
+                return
+        raise EngineError(f"{self.name}: input shapes {shapes} fit none of the engine's "
+                          f"{engine.num_optimization_profiles} optimization profiles")
 
     def _bind(self, name: str, address: int) -> None:
         if self._addresses.get(name) != address:
@@ -159,6 +181,7 @@ class TensorRTEngine(Engine):
         keep = []  # host arrays must outlive the async copies
         for name, address in self._buffers.items():
             self._bind(name, address)
+        self._select_profile({s.name: tuple(feeds[s.name].shape) for s in self.inputs})
         for spec in self.inputs:
             array = np.ascontiguousarray(feeds[spec.name], dtype=self._dtypes[spec.name])
             keep.append(array)
@@ -195,6 +218,7 @@ class TensorRTEngine(Engine):
     def _run_bound(self, inputs: dict[str, Any], outputs: dict[str, DeviceTensor]) -> dict[str, DeviceTensor]:
         rt = self._rt
         keep = []  # host arrays must outlive the async copies
+        self._select_profile({s.name: tuple(inputs[s.name].shape) for s in self.inputs})
         for spec in self.inputs:
             value = inputs[spec.name]
             if isinstance(value, DeviceTensor) and value.device != self.tensor_device:

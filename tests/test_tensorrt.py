@@ -166,3 +166,36 @@ def test_engine_from_another_gpu_or_release_is_a_clear_error(trt_folders, tmp_pa
     entry.tensorrt.trt_version = "9.0.0"
     with pytest.raises(EngineError, match="TensorRT 9.0.0.*rebuild"):
         create_engine("tensorrt", "vision_tower", folder, entry)
+
+
+def test_the_decoder_switches_between_its_prefill_and_decode_profiles():
+    """A two-profile engine (prefill: S = 1..8, P = 1; decode: S = 1, P = 1..8) runs each call on the profile
+    that holds its shapes: without the switch every decode step would be refused by profile 0."""
+    from engines.contract import TensorSpec
+
+    profiles = [{"x": ((1, 1), (1, 4), (1, 8)), "past": ((1, 1), (1, 1), (1, 1))},
+                {"x": ((1, 1), (1, 1), (1, 1)), "past": ((1, 1), (1, 4), (1, 8))}]
+
+    class Engine:
+        num_optimization_profiles = 2
+
+        def get_tensor_profile_shape(self, name, k):
+            return profiles[k][name]
+
+    class Context:
+        switches = []
+
+        def set_optimization_profile_async(self, k, stream):
+            self.switches.append(k)
+            return True
+
+    eng = object.__new__(TensorRTEngine)
+    eng.name, eng._engine, eng._context, eng._stream, eng._profile, eng._graph_exec = "dec", Engine(), Context(), 0, 0, None
+    eng.inputs = [TensorSpec(n, "float32", (1, "s"), (1, 1), (1, 8)) for n in ("x", "past")]
+    eng._select_profile({"x": (1, 6), "past": (1, 1)})        # prefill: already on profile 0
+    eng._select_profile({"x": (1, 1), "past": (1, 7)})        # decode
+    eng._select_profile({"x": (1, 1), "past": (1, 8)})        # still decode: no switch
+    eng._select_profile({"x": (1, 3), "past": (1, 1)})        # the next caption's prefill
+    assert Context.switches == [1, 0]
+    with pytest.raises(EngineError, match="fit none of the engine's 2 optimization profiles"):
+        eng._select_profile({"x": (1, 3), "past": (1, 3)})
