@@ -22,6 +22,7 @@ from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
+from engines.base import Engine
 from engines.contract import Manifest
 from engines.errors import LLMFormerError
 
@@ -149,22 +150,23 @@ class CalibrationSet:
         return {name: r.seen for name, r in recorders.items()}
 
 
-class _Recorder:
-    """An engine that keeps a copy of every feed it runs; everything else is the wrapped engine's."""
+class _Recorder(Engine):
+    """An engine that keeps a copy of every feed it runs and runs it on the wrapped engine. Host-staged (the
+    base class's `run_bound` goes through `_run`), so device-bound calls are recorded too."""
 
-    def __init__(self, engine):
+    def __init__(self, engine: Engine):
+        super().__init__(engine.name, engine.inputs, engine.outputs)
         self.engine = engine
+        self.backend = engine.backend
         self.seen: list[dict[str, np.ndarray]] = []
 
-    def __getattr__(self, name: str):
-        return getattr(self.engine, name)
-
-    def __call__(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.seen.append({k: np.array(v, copy=True) for k, v in feeds.items()})
         return self.engine(feeds)
 
     def close(self) -> None:
         self.engine.close()
+        super().close()
 
 
 def FeedReader(feeds: Sequence[Mapping[str, np.ndarray]]):

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from engines.base import BACKENDS, Engine, backend_importable, create_engine
+from engines.base import BACKENDS, DeviceTensor, Engine, backend_importable, create_engine
 from engines.contract import (CAPTIONER_DECODER, CAPTIONER_EMBED, CAPTIONER_VISION, SEGMENTER, TEXT_ENCODER,
                               VISION_TOWER, Manifest, read_manifest)
 from engines.errors import EngineError, LLMFormerError
@@ -40,10 +40,14 @@ class RuntimeInputError(LLMFormerError, ValueError):
 
 @dataclass
 class ImageFeatures:
+    """One tower pass. The tower's outputs stay on the vision engine's device (DeviceTensors: host memory on
+    the CPU) until the segmenter and the captioner read them there; they are valid until the vision engine's
+    next run (a TensorRT engine writes every frame into the same buffers)."""
+
     frame_size: tuple[int, int]          # (H, W) of the caller's frame
     segmenter_input: np.ndarray          # (1, 3, S, S) float32
-    vision_hidden_states: np.ndarray     # (n_layers, 1, T, C)
-    image_embeds: np.ndarray | None = None  # (1, N, E_llm) for the captioner, from the same tower pass
+    vision_hidden_states: DeviceTensor | np.ndarray | None  # (n_layers, 1, T, C)
+    image_embeds: DeviceTensor | np.ndarray | None = None   # (1, N, E_llm) for the captioner, same tower pass
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -198,8 +202,9 @@ class Runtime:
         t_pre = _ms(t0)
         t1 = time.perf_counter()
         with self._span("vision"):
-            # The tower and the captioner's vision graph name their input and hidden states alike.
-            out = self.engines[self.vision_name]({VISION_TOWER.pixel_values: pixels})
+            # The tower and the captioner's vision graph name their input and hidden states alike; the outputs
+            # stay on the engine's device for the segmenter and the captioner.
+            out = self.engines[self.vision_name].run_bound({VISION_TOWER.pixel_values: pixels})
         return ImageFeatures(rgb.shape[:2], seg_in, out[VISION_TOWER.vision_hidden_states],
                              out.get(CAPTIONER_VISION.image_embeds),
                              {"preprocess": t_pre, "vision": _ms(t1)})
@@ -239,11 +244,11 @@ class Runtime:
                  SEGMENTER.prior_valid: emb.valid[None], SEGMENTER.relation_graph: emb.relation[None],
                  SEGMENTER.vocab_embeddings: emb.vocabulary}
         with self._span("segment"):
-            out = self.engines[SEGMENTER.component](feeds)
+            out = self.engines[SEGMENTER.component].run_bound(feeds)
+            masks, classes = out[SEGMENTER.mask_logits].to_numpy()[0], out[SEGMENTER.class_logits].to_numpy()[0]
         t_seg = _ms(t0)
         t1 = time.perf_counter()
         with self._span("postprocess"):
-            masks, classes = out[SEGMENTER.mask_logits][0], out[SEGMENTER.class_logits][0]
             labels, scores = semantic_map(masks, classes, image.frame_size)
         timings = {**image.timings, **emb.timings, "segment": t_seg, "postprocess": _ms(t1)}
         return Segmentation(labels, list(emb.classes), scores, caption, priors, timings, masks, classes)
@@ -333,11 +338,21 @@ class Runtime:
     def _async_caption(self, captioning, index: int, image: ImageFeatures, has_vocabulary: bool):
         from runtime.captioning import pooled_signature
 
-        def payload() -> ImageFeatures:  # what the worker gets: image embeddings, not the frame
-            return ImageFeatures(image.frame_size, None, None, image.image_embeds,
-                                 {"vision": image.timings.get("vision", 0.0)})
+        def payload() -> ImageFeatures:
+            # What the worker gets: the image embeddings, not the frame, in a tensor of their own (the vision
+            # engine may write the next frame's into the one it returned while the worker still reads).
+            embeds = image.image_embeds
+            if isinstance(embeds, DeviceTensor):
+                own = self.engines[self.vision_name].allocate(CAPTIONER_VISION.image_embeds, embeds.shape)
+                own.write(embeds)
+                embeds = own
+            return ImageFeatures(image.frame_size, None, None, embeds, {"vision": image.timings.get("vision", 0.0)})
 
-        published, _ = captioning.step(index, payload, pooled_signature(image.vision_hidden_states))
+        signature = None
+        if captioning.policy.scene_change is not None:  # the hidden states come to the host only for this
+            hidden = image.vision_hidden_states
+            signature = pooled_signature(hidden.to_numpy() if isinstance(hidden, DeviceTensor) else hidden)
+        published, _ = captioning.step(index, payload, signature)
         if published is None and not has_vocabulary:
             err = captioning.worker.last_error
             raise RuntimeInputError(

@@ -311,8 +311,9 @@ def test_engine_io_per_frame_is_the_difference_over_the_frames(rt):
     spec = rt.engines[rt.vision_name]
     pixels = int(np.prod(spec.inputs[0].shape)) * 4
     outputs = sum(int(np.prod(s.shape)) * 4 for s in spec.outputs)
-    assert vision["host_to_device"] == pixels and vision["device_to_host"] == outputs
-    assert per_frame["total"] == pixels + outputs      # nothing else ran
+    # The tower's outputs stay on its device for the segmenter and the captioner: only the pixels cross.
+    assert vision["host_to_device"] == pixels and vision["device_to_host"] == 0 < outputs
+    assert per_frame["total"] == pixels                 # nothing else ran
 
 
 def test_profile_report_has_the_bytes_per_frame_and_per_token(rt):

@@ -237,6 +237,13 @@ class CountingEngine:
     def __getattr__(self, name):
         return getattr(self.engine, name)
 
+    def run_bound(self, inputs, outputs=None):
+        """The pipeline's device-side call, counted the same way (host-staged through __call__)."""
+        from engines.base import DeviceTensor
+
+        feeds = {n: v.to_numpy() if isinstance(v, DeviceTensor) else v for n, v in inputs.items()}
+        return {n: DeviceTensor.from_array(a) for n, a in self(feeds).items()}
+
 
 def test_segment_from_two_threads_is_serialized_and_correct(tiny_artifacts):
     jobs = {"a": (VOCAB, (48, 64)), "b": (["dog", "couch", "room"], (70, 50))}
