@@ -1,7 +1,8 @@
 """The captioner: LLaVA-Phi2 (a CLIP/SigLIP tower, a 2-layer GELU MLP projector, Phi-2) in transformers'
 native `LlavaForConditionalGeneration` format, and the three graphs the runtime runs it as.
 
-    load_captioner(folder)               a local checkpoint folder -> Captioner (model, tokenizer, prompt)
+    load_captioner(folder)               a local checkpoint folder -> Captioner (model, tokenizer, prompt,
+                                         image preprocessing); every tensor in it used, or an error naming it
     build_tiny_captioner(folder, tower)  a tiny random LLaVA-Phi of the same architecture, saved to `folder`
                                          and reloaded through the same `load_captioner` path
 
@@ -45,6 +46,14 @@ LLAVA_PHI_PROMPT: dict[str, Any] = {
 }
 EOS_TOKEN = "<|endoftext|>"
 
+# What the native LLaVA format cannot say about an original LLaVA-Phi checkpoint, recorded as extra config.json
+# keys (transformers keeps unknown config keys, so they survive save_pretrained; export/convert_llava.py writes
+# them). A folder without them is plain transformers LLaVA: an unbiased lm_head and the two-layer projector.
+LM_HEAD_BIAS_KEY = "lm_head_bias"            # true: lm_head has a bias (Phi-2's does; LlavaForConditionalGeneration's not)
+PROJECTOR_TYPE_KEY = "mm_projector_type"     # LLaVA's own key and values: "mlp2x_gelu" (native) or "linear"
+PREPROCESS_KEY = "image_preprocess"          # how a frame becomes pixel_values (see Captioner.preprocess)
+PROJECTOR_TYPES = ("mlp2x_gelu", "linear")
+
 
 class CaptionerCheckpointError(LLMFormerError, ValueError):
     """A captioner checkpoint folder is missing a file or holds a model this exporter does not handle."""
@@ -54,7 +63,7 @@ class CaptionerCheckpointError(LLMFormerError, ValueError):
 class Captioner:
     """A loaded LLaVA-Phi checkpoint: the model, its tokenizer and prompt format, and where it came from."""
 
-    model: nn.Module                 # transformers.LlavaForConditionalGeneration, eval, fp32, eager attention
+    model: nn.Module                 # a transformers.LlavaForConditionalGeneration, eval, fp32, eager attention
     tokenizer: Any                   # transformers.PreTrainedTokenizerFast (tokenizer.json in `folder`)
     prompt: dict[str, Any]           # the prompt format (LLAVA_PHI_PROMPT's keys)
     folder: Path
@@ -74,6 +83,23 @@ class Captioner:
     @property
     def max_context(self) -> int:
         return int(self.model.config.text_config.max_position_embeddings)
+
+    @property
+    def preprocess(self) -> dict[str, Any] | None:
+        """How the checkpoint was trained to see an image, when its folder records it (a converted original
+        checkpoint does; None otherwise):
+
+            image_aspect_ratio     "pad": first pad the frame to a square with `pad_color`, centered (LLaVA's
+                                   expand2square); "square": no padding
+            pad_color              [r, g, b] uint8: int(mean * 255), truncated as LLaVA computes it
+            resize_shortest_edge   then resize (bicubic, `resample`) so the shorter side is this many pixels
+            resample               "bicubic" / "bilinear" / "nearest"
+            center_crop            then crop [height, width] from the center (null: no crop)
+            rescale_factor         then multiply by this (1/255)
+            mean, std              then (x - mean) / std per RGB channel
+        """
+        value = getattr(self.model.config, PREPROCESS_KEY, None)
+        return dict(value) if value else None
 
 
 # ----------------------------------------------------------------------------------------------- loading
@@ -97,9 +123,12 @@ def check_checkpoint_folder(folder: str | Path) -> dict[str, Any]:
                                        f"LlavaForConditionalGeneration.save_pretrained({str(folder)!r})")
     config = _read_json(folder / "config.json", "captioner config")
     if config.get("model_type") != "llava":
+        original = any(k.startswith("mm_") for k in config) or "vision_config" in config
         raise CaptionerCheckpointError(
             f"captioner checkpoint {folder} is a '{config.get('model_type')}' model; it must be LLaVA in "
-            f"transformers' native format (model_type 'llava'). Convert the original LLaVA-Phi weights first.")
+            f"transformers' native format (model_type 'llava')"
+            + (". It is in the original LLaVA layout: convert it with `python export/convert_llava.py --src "
+               f"{folder} --out DIR` and pass --captioner DIR" if original else ""))
     text_type = (config.get("text_config") or {}).get("model_type")
     if text_type != "phi":
         raise CaptionerCheckpointError(
@@ -129,17 +158,75 @@ def load_prompt_format(folder: str | Path) -> dict[str, Any]:
     return prompt
 
 
+class LinearProjector(nn.Module):
+    """LLaVA's `linear` projector: image features (1, N, C) -> (1, N, E) through one Linear, no activation.
+
+    transformers' LlavaMultiModalProjector always has two layers (linear_1, act, linear_2), so it cannot hold a
+    `linear` checkpoint: this module takes its place, its one layer named `linear_1` as the native format names
+    the first. (haotian-liu/LLaVA llava/model/multimodal_projector/builder.py: `linear` is one nn.Linear.)"""
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__()
+        self.linear_1 = nn.Linear(in_features, out_features)
+
+    def forward(self, image_features: torch.Tensor) -> torch.Tensor:
+        return self.linear_1(image_features)
+
+
+@functools.cache
+def llava_phi_class():
+    """transformers' LlavaForConditionalGeneration with what an original LLaVA-Phi checkpoint has and the
+    native class lacks, chosen by config.json (LM_HEAD_BIAS_KEY, PROJECTOR_TYPE_KEY): a bias on lm_head
+    (Phi-2's PhiForCausalLM and zhuyiche/llava-phi's LlavaPhiForCausalLM have one; the native LLaVA head has
+    none, and transformers drops a checkpoint's bias with a log line), and the one-layer `linear` projector.
+    Built before the weights load, so transformers loads every tensor into place and reports any it did not use.
+    Defined on first use: this module imports transformers only inside functions."""
+    from transformers import LlavaForConditionalGeneration
+
+    class LlavaPhiForConditionalGeneration(LlavaForConditionalGeneration):
+        def __init__(self, config):
+            super().__init__(config)
+            text, vision = config.text_config, config.vision_config
+            if getattr(config, LM_HEAD_BIAS_KEY, False):
+                self.lm_head = nn.Linear(text.hidden_size, text.vocab_size, bias=True)
+            projector = getattr(config, PROJECTOR_TYPE_KEY, "mlp2x_gelu")
+            if projector not in PROJECTOR_TYPES:
+                raise CaptionerCheckpointError(f"config.json {PROJECTOR_TYPE_KEY} is {projector!r}; this captioner "
+                                               f"takes {list(PROJECTOR_TYPES)}")
+            if projector == "linear":
+                layers = 1 if isinstance(config.vision_feature_layer, int) else len(config.vision_feature_layer)
+                self.model.multi_modal_projector = LinearProjector(vision.hidden_size * layers, text.hidden_size)
+
+        @classmethod
+        def is_custom_code(cls) -> bool:
+            # transformers 5 renames a checkpoint's tensors (the layout save_pretrained writes) only for classes
+            # it owns; this one loads and saves exactly as LlavaForConditionalGeneration does.
+            return False
+
+    return LlavaPhiForConditionalGeneration
+
+
 def load_captioner(folder: str | Path) -> Captioner:
     """Load a LLaVA-Phi checkpoint saved in transformers' native format (config, weights, tokenizer.json,
-    optional prompt_format.json) from a local folder; fp32, eager attention, eval mode."""
-    from transformers import LlavaForConditionalGeneration, PreTrainedTokenizerFast
+    optional prompt_format.json) from a local folder; fp32, eager attention, eval mode. Every tensor of the
+    checkpoint must land in the model and every weight of the model must come from it: a tensor left over (an
+    lm_head bias the config does not declare, say) or one missing is a CaptionerCheckpointError naming it."""
+    from transformers import PreTrainedTokenizerFast
+    from transformers.utils import logging as hf_logging
 
     folder = Path(folder)
     check_checkpoint_folder(folder)
     prompt = load_prompt_format(folder)
     tokenizer = PreTrainedTokenizerFast.from_pretrained(folder, local_files_only=True)
-    model = LlavaForConditionalGeneration.from_pretrained(
-        folder, local_files_only=True, attn_implementation="eager", dtype=torch.float32).eval()
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its load report would be a log line; the problems become errors below
+    try:
+        model, info = llava_phi_class().from_pretrained(
+            folder, local_files_only=True, attn_implementation="eager", dtype=torch.float32, output_loading_info=True)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    model.eval()
+    _check_loading_info(folder, info)
 
     vocab = tokenizer.get_vocab()
     image_id = vocab.get(prompt["image_token"])
@@ -156,6 +243,30 @@ def load_captioner(folder: str | Path) -> Captioner:
             f"captioner checkpoint {folder}: {TOKENIZER_FILE} has {len(vocab)} tokens but the model's "
             f"embedding has {model.config.text_config.vocab_size} rows")
     return Captioner(model, tokenizer, prompt, folder)
+
+
+def _check_loading_info(folder: Path, info: dict[str, Any]) -> None:
+    """from_pretrained's loading info -> an error naming the first tensors it dropped, left random or reshaped."""
+    def names(key: str) -> list[str]:
+        return sorted(str(k) for k in info.get(key) or ())
+
+    unexpected, missing, mismatched = names("unexpected_keys"), names("missing_keys"), names("mismatched_keys")
+    if unexpected:
+        hint = (f": the model's lm_head has no bias; if the checkpoint's lm_head was trained with one (Phi-2's is), "
+                f"set \"{LM_HEAD_BIAS_KEY}\": true in config.json, or convert the original checkpoint with "
+                f"export/convert_llava.py" if "lm_head.bias" in unexpected else "")
+        raise CaptionerCheckpointError(f"captioner checkpoint {folder}: the model does not use checkpoint tensor(s) "
+                                       f"{_first(unexpected)}; refusing to drop them{hint}")
+    if missing:
+        raise CaptionerCheckpointError(f"captioner checkpoint {folder}: the model's {_first(missing)} are not in the "
+                                       f"checkpoint (they would stay random)")
+    if mismatched or info.get("error_msgs"):
+        raise CaptionerCheckpointError(f"captioner checkpoint {folder}: tensors of the wrong shape "
+                                       f"{_first(mismatched)} {info.get('error_msgs') or ''}".rstrip())
+
+
+def _first(items: Sequence[str], n: int = 5) -> str:
+    return ", ".join(items[:n]) + (f" and {len(items) - n} more" if len(items) > n else "")
 
 
 # ------------------------------------------------------------------------------------- tiny random model
