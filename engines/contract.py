@@ -446,16 +446,30 @@ class ComponentEntry:
                    **files, **lists, **{k: at.get(k, kind, None) for k, kind in cls._OPTIONAL.items()})
 
 
+PREPROCESS_MODES = ("stretch", "pad", "crop")
+
+
 @dataclass
 class Preprocess:
-    """How a frame becomes one graph's image input: a square resize and per-channel normalization."""
+    """How a frame becomes one graph's (1, 3, size, size) image input, then (x / 255 - mean) / std:
+
+    - "stretch": resized to the square as it is (what the segmenter and the demo's tower are trained with);
+    - "pad": padded to a square with `pad_color`, centered (LLaVA's `image_aspect_ratio: pad`), then resized
+      so the shorter side is `resize` and center-cropped to `size` (CLIP's image processor);
+    - "crop": CLIP's image processor alone: shorter side to `resize`, center crop to `size`."""
 
     size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    mode: str = "stretch"
+    resize: int | None = None                        # "pad" / "crop": the shorter side before the crop
+    pad_color: tuple[int, int, int] | None = None    # "pad": RGB
 
     def to_json(self) -> dict[str, Any]:
-        return {"size": self.size, "mean": list(self.mean), "std": list(self.std)}
+        d: dict[str, Any] = {"size": self.size, "mean": list(self.mean), "std": list(self.std)}
+        if self.mode != "stretch":
+            d.update(mode=self.mode, resize=self.resize, pad_color=None if self.pad_color is None else list(self.pad_color))
+        return d
 
     @classmethod
     def from_json(cls, d: "Mapping[str, Any] | _At") -> "Preprocess":
@@ -467,8 +481,17 @@ class Preprocess:
             return tuple(float(x) for x in at.get(key, list, check=ok,
                                                    expect=f"3 {'positive ' if positive else ''}numbers"))
 
-        return cls(size=at.get("size", int, check=lambda n: n > 0, expect="a positive int"),
-                   mean=triple("mean", False), std=triple("std", True))
+        positive = dict(check=lambda n: n > 0, expect="a positive int")
+        mode = at.get("mode", str, "stretch", check=lambda m: m in PREPROCESS_MODES, expect=" or ".join(PREPROCESS_MODES))
+        size = at.get("size", int, **positive)
+        resize = None if mode == "stretch" else at.get("resize", int, check=lambda n: n >= size,
+                                                         expect=f"an int >= size ({size})")
+        pad = None
+        if mode == "pad":
+            pad = tuple(at.get("pad_color", list, check=lambda v: len(v) == 3 and all(
+                isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= 255 for x in v), expect="3 ints in 0..255"))
+        return cls(size=size, mean=triple("mean", False), std=triple("std", True), mode=mode, resize=resize,
+                   pad_color=pad)
 
 
 @dataclass
@@ -539,7 +562,8 @@ class Manifest:
     opset: int
     tokenizer: FileEntry                          # the text encoder's tokenizer.json
     max_length: int                               # ... and its padded length
-    preprocess: dict[str, Preprocess]             # by component: vision_tower, segmenter
+    preprocess: dict[str, Preprocess]             # by component: vision_tower, segmenter, and captioner_vision
+                                                  # where the captioner sees frames otherwise (a LLaVA checkpoint)
     components: dict[str, ComponentEntry]
     parser: str | None = None                     # the spaCy pipeline the build recorded
     captioner: CaptionerEntry | None = None
@@ -600,7 +624,8 @@ class Manifest:
             opset=at.get("opset", int, 17), tokenizer=FileEntry.from_json(tok),
             max_length=tok.get("max_length", int, check=lambda n: n > 0, expect="a positive int"),
             preprocess={name: Preprocess.from_json(at.sub("preprocess").sub(name))
-                        for name in (VISION_TOWER.component, SEGMENTER.component)},
+                        for name in (VISION_TOWER.component, SEGMENTER.component, CAPTIONER_VISION.component)
+                        if name != CAPTIONER_VISION.component or at.sub("preprocess").has(name)},
             components={name: ComponentEntry.from_json(comps.sub(name)) for name in comps.node},
             parser=None if priors is None else priors.get("parser", str, None),
             captioner=None if captioner is None else CaptionerEntry.from_json(captioner),

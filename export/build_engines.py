@@ -51,6 +51,8 @@ class BuildConfig:
     calib_method: str = "entropy"
     int8_tolerance: float | None = None
     calib_cache: Path | None = None
+    llm_weights: str | None = None          # captioner decoder weights; None: as --precision makes them
+    llm_block_size: int = 32                # weight-only block size along K (MatMulNBits / blocked DequantizeLinear)
     plugins: Path | None = None
     workspace_gb: float = 2.0
     segmenter: Path | None = None
@@ -108,6 +110,12 @@ def parse_args(argv=None) -> BuildConfig:
                          "the trained demo needs 0.02 to stay within 1 mIoU of FP32, see benchmarks/README.md)")
     ap.add_argument("--calib-cache", type=Path, default=None,
                     help="calibration cache folder (default: <out>.calibration_cache beside the output)")
+    ap.add_argument("--llm-weights", default=None, choices=("fp32", "fp16", "int8", "int4"),
+                    help="the captioner decoder's weights, in the backend's form: int8/int4 weight-only as MatMulNBits "
+                         "(onnxruntime) or blocked DequantizeLinear, opset 21 (tensorrt); activations stay FP32 (FP16 "
+                         "with --precision fp16). Default: what --precision makes of it (fp32, fp16, int8)")
+    ap.add_argument("--llm-block-size", type=int, default=32,
+                    help="weight-only block size along the reduction axis (a power of two >= 16; default 32)")
     ap.add_argument("--plugins", type=Path, default=None,
                     help="MSDA TensorRT plugin library for --backend tensorrt (default: $LLMFORMER_PLUGINS)")
     ap.add_argument("--workspace-gb", type=float, default=2.0, help="TensorRT workspace limit (GiB)")
@@ -153,10 +161,11 @@ def build(args: BuildConfig, preset=None) -> Path:
                          "target device; use --backend onnxruntime here")
     if args.int8_tolerance is not None and (args.precision != "int8" or not 0 < args.int8_tolerance < 1):
         raise BuildError(f"--int8-tolerance {args.int8_tolerance}: give a relative error in (0, 1), with --precision int8")
-    if args.precision != "fp32":
+    if args.precision != "fp32" or args.llm_weights is not None:
         from export.precision import check_args
 
-        check_args(args.precision, args.calib)  # before any export: a bad --calib fails in a second
+        # before any export: a bad --calib or --llm-block-size fails in a second
+        check_args(args.precision, args.calib, args.llm_weights, args.llm_block_size)
     preset = preset or get_preset(args.preset)
     out = Path(args.out or Path("artifacts") / preset.name)
     if args.vision_tower:
@@ -278,16 +287,18 @@ def build(args: BuildConfig, preset=None) -> Path:
                 VISION_TOWER.component: Preprocess(preset.vision_tower.image_size, tuple(preset.vision_tower.mean),
                                                    tuple(preset.vision_tower.std)),
                 SEGMENTER.component: Preprocess(preset.segmenter.frame_size, tuple(IMAGENET_MEAN), tuple(IMAGENET_STD)),
+                **captioner_preprocess(captioner, preset.vision_tower.image_size),
             },
             parser=parser_model(), captioner=captioner_info, components=entries, samples=samples,
             versions=versions())
         manifest.check_graphs()
-        if args.precision != "fp32":
+        if args.precision != "fp32" or args.llm_weights not in (None, "fp32"):
             from export.precision import convert_artifacts
 
             extra = {"layer_tolerance": args.int8_tolerance} if args.int8_tolerance is not None else {}
             convert_artifacts(staging, manifest, args.precision, calib=args.calib, method=args.calib_method,
                               cache_dir=args.calib_cache or out.parent / f"{out.name}.calibration_cache", log=log,
+                              llm_weights=args.llm_weights, llm_block_size=args.llm_block_size, backend=backend,
                               **extra)
         if backend == "tensorrt":
             from engines.tensorrt_builder import build_artifacts
@@ -354,6 +365,24 @@ def export_captioner_entries(captioner, staging: Path, preset, args: BuildConfig
                   for p in sorted((staging / CAPTIONER_DIR).rglob("*")) if p.is_file()]
     return CaptionerEntry(file_entry(staging, exp.tokenizer_file), file_entry(staging, exp.prompt_file),
                           max_context=exp.max_context, image_tokens=exp.image_tokens, checkpoint=checkpoint)
+
+
+def captioner_preprocess(captioner, tower_size: int) -> dict[str, Preprocess]:
+    """The captioner's own frame preprocessing when its checkpoint records one (a converted LLaVA checkpoint:
+    llmformer.captioner.Captioner.preprocess), as the manifest's `captioner_vision` entry; else none (the
+    captioner sees the tower's stretched square, as the demo's was trained)."""
+    pre = captioner.preprocess if captioner is not None else None
+    if not pre:
+        return {}
+    crop = pre.get("center_crop") or [pre["resize_shortest_edge"]] * 2
+    if crop[0] != crop[1] or crop[0] != tower_size:
+        raise BuildError(f"the captioner's preprocessing crops {crop}, not the tower's {tower_size} px square")
+    if abs(float(pre.get("rescale_factor", 1 / 255)) * 255 - 1) > 1e-6:
+        raise BuildError(f"the captioner's preprocessing rescales by {pre['rescale_factor']}; the runtime takes 1/255")
+    mode = "pad" if pre.get("image_aspect_ratio") == "pad" else "crop"
+    return {CAPTIONER_VISION.component: Preprocess(
+        tower_size, tuple(pre["mean"]), tuple(pre["std"]), mode=mode, resize=int(pre["resize_shortest_edge"]),
+        pad_color=tuple(int(c) for c in pre["pad_color"]) if mode == "pad" else None)}
 
 
 def write_samples(folder: Path, trained: bool, size: int, count: int = 8) -> list[Sample]:

@@ -12,6 +12,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from engines.contract import Preprocess
 from engines.errors import LLMFormerError
 
 
@@ -86,6 +87,31 @@ def to_tensor(frame: np.ndarray, size: int, mean: Sequence[float], std: Sequence
     interp = cv2.INTER_AREA if min(frame.shape[:2]) > size else cv2.INTER_LINEAR
     x = cv2.resize(frame, (size, size), interpolation=interp).astype(np.float32) * (1.0 / 255.0)
     x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return np.ascontiguousarray(x.transpose(2, 0, 1)[None])
+
+
+def to_pixels(frame: np.ndarray, pre: Preprocess) -> np.ndarray:
+    """H x W x 3 uint8 RGB -> (1, 3, size, size) float32 as `pre` says (engines.contract.Preprocess): stretched,
+    or LLaVA's pad-to-square and CLIP's shorter-side resize + center crop. CLIP resizes with PIL's antialiased
+    bicubic; OpenCV's area filter (shrinking) / bicubic (growing) is the closest it has, within a few grey levels."""
+    if pre.mode == "stretch":
+        return to_tensor(frame, pre.size, pre.mean, pre.std)
+    if pre.mode == "pad":
+        h, w = frame.shape[:2]
+        side = max(h, w)
+        square = np.empty((side, side, 3), np.uint8)
+        square[:] = np.asarray(pre.pad_color, np.uint8)
+        top, left = (side - h) // 2, (side - w) // 2           # LLaVA's expand2square pastes it centered
+        square[top:top + h, left:left + w] = frame
+        frame = square
+    h, w = frame.shape[:2]
+    scale = pre.resize / min(h, w)
+    rh, rw = max(pre.resize, int(h * scale)), max(pre.resize, int(w * scale))
+    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
+    resized = cv2.resize(frame, (rw, rh), interpolation=interp)
+    top, left = (rh - pre.size) // 2, (rw - pre.size) // 2
+    x = resized[top:top + pre.size, left:left + pre.size].astype(np.float32) * (1.0 / 255.0)
+    x = (x - np.asarray(pre.mean, np.float32)) / np.asarray(pre.std, np.float32)
     return np.ascontiguousarray(x.transpose(2, 0, 1)[None])
 
 

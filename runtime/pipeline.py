@@ -28,7 +28,7 @@ from engines.base import BACKENDS, DeviceTensor, Engine, backend_importable, cre
 from engines.contract import (CAPTIONER_DECODER, CAPTIONER_EMBED, CAPTIONER_VISION, SEGMENTER, TEXT_ENCODER,
                               VISION_TOWER, Manifest, read_manifest)
 from engines.errors import EngineError, LLMFormerError
-from runtime.frames import check_frame, semantic_map, to_tensor
+from runtime.frames import check_frame, semantic_map, to_pixels, to_tensor
 from runtime.profiling import NULL_SPAN
 
 log = logging.getLogger("llmformer_edge")
@@ -49,6 +49,9 @@ class ImageFeatures:
     vision_hidden_states: DeviceTensor | np.ndarray | None  # (n_layers, 1, T, C)
     image_embeds: DeviceTensor | np.ndarray | None = None   # (1, N, E_llm) for the captioner, same tower pass
     timings: dict[str, float] = field(default_factory=dict)
+    # (1, 3, S, S): the frame as the captioner was trained to see it, where that is not the segmenter's
+    # stretched square (a LLaVA checkpoint's pad-to-square): the captioner then gets a tower pass of its own.
+    caption_pixels: np.ndarray | None = None
 
 
 @dataclass
@@ -106,8 +109,11 @@ class Runtime:
         # The build's ranges: how many class names and caption objects one segmenter call takes.
         self.max_vocab = (segmenter.input(SEGMENTER.vocab_embeddings).max_shape or (1 << 30,))[0]
         self.max_priors = (segmenter.input(SEGMENTER.object_embeddings).max_shape or (1, 1 << 30))[1]
-        # With a captioner, its vision graph (tower + projector) is the one tower pass per frame.
+        # With a captioner, its vision graph (tower + projector) is the one tower pass per frame, unless the
+        # captioner sees frames preprocessed otherwise: then captions pay a second pass, only when they run.
         self.vision_name = manifest.vision_component
+        caption_pre = manifest.preprocess.get(CAPTIONER_VISION.component)
+        self.caption_pre = caption_pre if caption_pre is not None and caption_pre.mode != "stretch" else None
         self.frames = 0                  # frames segmented so far
         self.captioning = None           # runtime.captioning.AsyncCaptioner while asynchronous captioning runs
         self.profiler = None             # a runtime.profiling.Profiler records each stage as a span
@@ -205,9 +211,31 @@ class Runtime:
             # The tower and the captioner's vision graph name their input and hidden states alike; the outputs
             # stay on the engine's device for the segmenter and the captioner.
             out = self.engines[self.vision_name].run_bound({VISION_TOWER.pixel_values: pixels})
-        return ImageFeatures(rgb.shape[:2], seg_in, out[VISION_TOWER.vision_hidden_states],
-                             out.get(CAPTIONER_VISION.image_embeds),
-                             {"preprocess": t_pre, "vision": _ms(t1)})
+        if self.caption_pre is None:
+            return ImageFeatures(rgb.shape[:2], seg_in, out[VISION_TOWER.vision_hidden_states],
+                                 out.get(CAPTIONER_VISION.image_embeds), {"preprocess": t_pre, "vision": _ms(t1)})
+        return ImageFeatures(rgb.shape[:2], seg_in, out[VISION_TOWER.vision_hidden_states], None,
+                             {"preprocess": t_pre, "vision": _ms(t1)}, to_pixels(rgb, self.caption_pre))
+
+    def _image_embeds(self, image: ImageFeatures, own: bool = False) -> DeviceTensor | np.ndarray:
+        """The captioner's image embeddings of `image`: from the frame's tower pass, or from a pass of their
+        own on the captioner's preprocessing. `own`: in tensors that the vision engine's next run cannot
+        overwrite (for the caption worker), and leaving the frame's hidden states untouched."""
+        vision = self.engines[CAPTIONER_VISION.component]
+        if image.image_embeds is None:
+            if image.caption_pixels is None:
+                raise RuntimeInputError("these ImageFeatures carry no image embeddings: make them with encode_image()")
+            # Every output bound to fresh tensors: the vision graph's static shapes, and the engine's own
+            # buffers (the frame's hidden states, on TensorRT) stay as the segmenter left them.
+            outputs = {s.name: vision.allocate(s.name, s.shape) for s in vision.outputs}
+            return vision.run_bound({CAPTIONER_VISION.pixel_values: image.caption_pixels},
+                                    outputs)[CAPTIONER_VISION.image_embeds]
+        embeds = image.image_embeds
+        if own and isinstance(embeds, DeviceTensor):
+            copy = vision.allocate(CAPTIONER_VISION.image_embeds, embeds.shape)
+            copy.write(embeds)
+            embeds = copy
+        return embeds
 
     def caption(self, frame: np.ndarray | ImageFeatures, question: str | None = None, **options: Any):
         """Describe the frame with the captioner (greedy; `options`: max_new_tokens, repetition_penalty).
@@ -223,7 +251,7 @@ class Runtime:
             with self._segment_lock:
                 image = self.encode_image(frame)
         with self._caption_lock:
-            return self.captioner.caption_embeds(image.image_embeds, question,
+            return self.captioner.caption_embeds(self._image_embeds(image), question,
                                                  vision_s=image.timings["vision"] / 1000, **options)
 
     def _traced(self, caption_fn, payload):
@@ -341,12 +369,8 @@ class Runtime:
         def payload() -> ImageFeatures:
             # What the worker gets: the image embeddings, not the frame, in a tensor of their own (the vision
             # engine may write the next frame's into the one it returned while the worker still reads).
-            embeds = image.image_embeds
-            if isinstance(embeds, DeviceTensor):
-                own = self.engines[self.vision_name].allocate(CAPTIONER_VISION.image_embeds, embeds.shape)
-                own.write(embeds)
-                embeds = own
-            return ImageFeatures(image.frame_size, None, None, embeds, {"vision": image.timings.get("vision", 0.0)})
+            return ImageFeatures(image.frame_size, None, None, self._image_embeds(image, own=True),
+                                 {"vision": image.timings.get("vision", 0.0)})
 
         signature = None
         if captioning.policy.scene_change is not None:  # the hidden states come to the host only for this

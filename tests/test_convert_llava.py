@@ -17,13 +17,14 @@ from torch import nn
 
 import runtime
 from conftest import ROOT, tiny_preset
-from engines.contract import CAPTIONER_DECODER, CAPTIONER_EMBED, CAPTIONER_VISION
+from engines.contract import CAPTIONER_DECODER, CAPTIONER_EMBED, CAPTIONER_VISION, Preprocess
 from export.build_engines import build, parse_args
 from export.convert_llava import LlavaConversionError, convert_llava
 from llmformer.captioner import (EOS_TOKEN, LLAVA_PHI_PROMPT, CaptionerCheckpointError, CaptionerDecoder,
                                  CaptionerVision, load_captioner, tiny_phi_config)
 from llmformer.data.frames import demo_frame
 from llmformer.presets import CLIP_MEAN, CLIP_STD
+from runtime.frames import to_pixels
 
 # The tower of tiny_preset(), so the converted captioner's tower is the one the build's segmenter expects.
 TOWER = dict(image_size=56, patch_size=14, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
@@ -281,6 +282,10 @@ def test_original_llava_phi_converts_builds_and_captions_with_the_original_logit
     finally:
         rt.engines[rt.vision_name] = vision
     pixels = torch.from_numpy(recording.pixels[-1])           # what the runtime fed the vision graph
+    # ... the checkpoint's own preprocessing (pad to square with the mean color), not the segmenter's stretch.
+    pre = rt.manifest.preprocess[CAPTIONER_VISION.component]
+    assert pre.mode == "pad" and pre.pad_color == (122, 116, 104)
+    np.testing.assert_array_equal(recording.pixels[-1], to_pixels(demo_frame(0), pre))
     image_embeds = vision({CAPTIONER_VISION.pixel_values: recording.pixels[-1]})[CAPTIONER_VISION.image_embeds]
 
     # The vision graph is CLIP's hidden_states[-2] without CLS through the mlp2x_gelu projector.
@@ -381,3 +386,15 @@ def test_llava_phi_repository_layout_with_a_linear_projector_cls_patch_and_a_ful
         past = [torch.zeros(1, heads, 1, dim) for _ in range(2 * len(decoder.layers))]
         logits = decoder(embeds, torch.tensor([[0] + [1] * S]), torch.arange(S)[None], *past)[0]
     torch.testing.assert_close(logits[0, 0], hand.logits(pixels, [])[-1], atol=1e-3, rtol=0)
+
+
+def test_pad_and_crop_preprocessing_are_llavas():
+    """pad: expand2square (centered, mean color) then CLIP's shorter-side resize and center crop; crop: CLIP's alone."""
+    pre = Preprocess(4, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), mode="pad", resize=4, pad_color=(10, 20, 30))
+    frame = np.full((2, 4, 3), 200, np.uint8)
+    rows = np.round(to_pixels(frame, pre)[0].transpose(1, 2, 0) * 255)
+    assert (rows[0] == [10, 20, 30]).all() and (rows[3] == [10, 20, 30]).all() and (rows[1:3] == 200).all()
+    crop = Preprocess(4, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), mode="crop", resize=4)
+    wide = np.zeros((4, 8, 3), np.uint8)
+    wide[:, 2:6] = 255                                        # the centre 4 columns survive the crop
+    assert (np.round(to_pixels(wide, crop) * 255) == 255).all()
