@@ -12,8 +12,10 @@
   and again with its input and weights quantized as in the Q/DQ graph; layers whose relative output error exceeds
   `layer_tolerance` are left FP32 (`excluded_layers`), and the graph is re-made without their Q/DQ.
 
-`quantize_weights` (captioner decoder, weight-only): every MatMul/Gemm weight stored INT8 (per output channel) or
-INT4 (blocks along the reduction axis, opset 21) behind a DequantizeLinear; activations stay floating point.
+`quantize_weights_file` (the captioner decoder, weight-only; `quantize_weights` for a graph in memory): every
+MatMul/Gemm weight, lm_head included, INT8 or INT4 in the backend's form (WEIGHT_FORMS: MatMulNBits for ONNX
+Runtime, blocked DequantizeLinear at opset 21 for TensorRT), made by ONNX Runtime's MatMulNBitsQuantizer one weight
+at a time from a skeleton of the graph; activations stay floating point.
 """
 from __future__ import annotations
 
@@ -29,7 +31,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from calibration.data import CalibrationError, FeedReader
-from calibration.graphs import Feeds, check_onnx, name_nodes, output_errors, run
+from calibration.graphs import (EXTERNAL_DATA_BYTES, Feeds, initializer_bytes, name_nodes, output_errors, run,
+                                save_checked, save_onnx, tensor_array, tensor_bytes)
 from engines.errors import LLMFormerError
 from engines.files import atomic_write_bytes
 
@@ -83,6 +86,7 @@ def _quantize(model_path: Path, out_path: Path, feeds: Sequence[Feeds] | None, l
             quantize_static(
                 str(model_path), str(out_path), FeedReader(feeds) if feeds is not None else None,
                 quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv", "MatMul", "Gemm"], per_channel=True,
+                use_external_data_format=_large(model_path),
                 reduce_range=False, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                 nodes_to_quantize=list(layers), calibrate_method=_ort_method(method),
                 calibration_cache_path=str(ranges_path),
@@ -97,7 +101,18 @@ def _quantize(model_path: Path, out_path: Path, feeds: Sequence[Feeds] | None, l
         root.setLevel(level)
     model = onnx.load(str(out_path))
     _keep_side_readers_float(model, set(layers))
-    onnx.save(model, str(out_path))
+    save_onnx(model, out_path)
+
+
+def _large(path: Path) -> bool:
+    """A graph whose files exceed EXTERNAL_DATA_BYTES: ONNX Runtime's quantizer must write external data for it."""
+    return sum(f.stat().st_size for f in path.parent.iterdir() if f.name.startswith(path.name)) > EXTERNAL_DATA_BYTES
+
+
+def _save_copy(model: onnx.ModelProto, path: Path) -> None:
+    """Write `model` for ONNX Runtime's quantizer to read, leaving `model` as it was (a large one is written as
+    external data, which repoints the tensors of what is saved, so a copy is saved then)."""
+    save_onnx(copy.deepcopy(model) if initializer_bytes(model) > EXTERNAL_DATA_BYTES else model, path)
 
 
 def _keep_side_readers_float(model: onnx.ModelProto, layers: set[str]) -> None:
@@ -159,7 +174,7 @@ def quantize_int8(model: onnx.ModelProto, out_path: str | Path, feeds: Sequence[
         layers_path = cache / f"{component}-{key}.layers.json"
         cache_hit = ranges_path.is_file() and layers_path.is_file()
         fp32_path = tmp / "fp32.onnx"
-        onnx.save(model, str(fp32_path))
+        _save_copy(model, fp32_path)
         if cache_hit:
             cached = json.loads(layers_path.read_text())
             table, excluded = cached["layers"], list(cached["excluded"])
@@ -180,15 +195,14 @@ def quantize_int8(model: onnx.ModelProto, out_path: str | Path, feeds: Sequence[
         _quantize(fp32_path, final, None, keep, method, percentile, ranges_path)  # ranges from the cache
         quantized = onnx.load(str(final))
         _check_tensorrt_form(quantized, component)
-        check_onnx(quantized)
-        atomic_write_bytes(out_path, quantized.SerializeToString())
+        data_files = save_checked(quantized, out_path)
     errors = output_errors(reference, run(out_path, feeds))
     for row in table:
         row["excluded"] = row["layer"] in excluded
     return {"precision": "int8", "method": method, "percentile": percentile if method == "percentile" else None,
             "layer_tolerance": layer_tolerance, "quantized_layers": len(keep), "candidate_layers": len(layers),
             "excluded_layers": excluded, "cache_key": key, "cache_hit": cache_hit,
-            "calibration_samples": len(feeds), "vs_fp32": errors, "layers": table}
+            "calibration_samples": len(feeds), "vs_fp32": errors, "layers": table, "data_files": data_files}
 
 
 def _feeds_fingerprint(feeds: Sequence[Feeds]) -> str:
@@ -318,67 +332,236 @@ def _run_node(node: onnx.NodeProto, xs: Sequence[np.ndarray], w: np.ndarray, ext
 
 
 # --------------------------------------------------------------------------------------- weight-only (LLM)
-def quantize_weights(model: onnx.ModelProto, bits: int = 8, block_size: int = 128, min_elements: int = 4096,
-                     ) -> tuple[onnx.ModelProto, dict[str, Any]]:
-    """Weight-only quantization of every MatMul/Gemm weight with at least `min_elements` values: the FP weight is
-    replaced by an INT8 (symmetric, per output channel) or INT4 (symmetric, blocks of `block_size` along the
-    reduction axis; needs opset 21, so the graph's opset is raised) initializer and a DequantizeLinear feeding the
-    op. Activations are untouched. Returns the new model and a report (bytes before/after, layers)."""
+# Decode at batch 1 reads every weight once per token, so bytes per weight is the speed; each backend has its own
+# weight-only form, both made by ONNX Runtime's MatMulNBitsQuantizer (one MatMul at a time, see below):
+#   MatMulNBits  ONNX Runtime's contrib kernel (com.microsoft): INT4/INT8 blocks along K, packed; the kernel
+#                dequantizes in registers. accuracy_level 4 lets it compute on int8-quantized activation blocks
+#                (VNNI/AVX-512 on x86, dot-product on Arm); the graph's activations stay FP32/FP16.
+#   QDQ          TensorRT 10+'s weight-only form: an INT4 initializer, DequantizeLinear(axis 0, block_size) -> MatMul
+#                (opset 21; symmetric, TensorRT rejects zero points). INT8 is per output channel (TensorRT blocks
+#                only 4-bit weights; the library writes 8-bit weights only as MatMulNBits, so that one is ours).
+WEIGHT_FORMS = {"onnxruntime": "MatMulNBits", "tensorrt": "QDQ", "torch": "MatMulNBits"}
+DEFAULT_BLOCK_SIZE = 32
+DEFAULT_ACCURACY_LEVEL = 4
+QDQ_INT4_OPSET = 21
+
+
+class WeightOnlyError(LLMFormerError, ValueError):
+    """Weight-only quantization asked with settings it cannot honour; the message says what to pass instead."""
+
+
+def check_weight_only(bits: int, block_size: int, form: str) -> None:
     if bits not in (4, 8):
-        raise ValueError(f"weight-only bits must be 4 or 8, got {bits}")
+        raise WeightOnlyError(f"weight-only bits must be 4 or 8, got {bits}")
+    if form not in ("MatMulNBits", "QDQ"):
+        raise WeightOnlyError(f"weight-only form '{form}': choose MatMulNBits (ONNX Runtime) or QDQ (TensorRT)")
+    if block_size < 16 or block_size & (block_size - 1):
+        raise WeightOnlyError(f"--llm-block-size {block_size}: MatMulNBits needs a power of two >= 16 (32 is usual; "
+                              f"larger blocks are smaller files and lose more)")
+
+
+def weight_matmuls(model: onnx.ModelProto) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """The MatMul / Gemm nodes whose B is a constant 2-D float weight: stored as an initializer and read directly,
+    through a Transpose (perm 1,0) or through Identity. Returns (targets, not_rewritable {node: reason}); a target
+    says how its stored weight maps to (K, N) and which Transpose/Identity nodes only it reads."""
+    inits = {i.name: i for i in model.graph.initializer}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    readers: dict[str, int] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers[name] = readers.get(name, 0) + 1
+    targets, refused = [], {}
+    for node in model.graph.node:
+        if node.op_type not in ("MatMul", "Gemm") or len(node.input) < 2:
+            continue
+        name, transposed, via = node.input[1], False, []
+        while name not in inits and name in producer and producer[name].op_type in ("Transpose", "Identity"):
+            up = producer[name]
+            if up.op_type == "Transpose":
+                perm = next((list(a.ints) for a in up.attribute if a.name == "perm"), [1, 0])
+                if perm != [1, 0]:
+                    break
+                transposed = not transposed
+            via.append(up)
+            name = up.input[0]
+        init = inits.get(name)
+        if init is None or len(init.dims) != 2 or init.data_type not in (TensorProto.FLOAT, TensorProto.FLOAT16):
+            continue                                    # activation x activation (attention scores): not a weight
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if node.op_type == "Gemm":
+            transposed ^= bool(attrs.get("transB", 0))
+            if attrs.get("transA", 0):
+                refused[node.name] = "Gemm with transA=1 (never exported for a Linear)"
+                continue
+        targets.append({"node": node, "weight": name, "nk": transposed, "alpha": float(attrs.get("alpha", 1.0)),
+                        "beta": float(attrs.get("beta", 1.0)),
+                        "bias": node.input[2] if node.op_type == "Gemm" and len(node.input) > 2 and node.input[2] else None,
+                        "via": [v for v in via if readers.get(v.output[0]) == 1]})
+    return targets, refused
+
+
+def quantize_weights(model: onnx.ModelProto, bits: int = 8, block_size: int = 128, min_elements: int = 4096,
+                     form: str = "QDQ", accuracy_level: int | None = DEFAULT_ACCURACY_LEVEL,
+                     ) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    """Weight-only quantization of an in-memory graph (a copy is returned with the report); every MatMul/Gemm weight
+    with at least `min_elements` values. The LLM's graphs go through `quantize_weights_file`, which streams."""
     model = copy.deepcopy(model)
+    report = _weight_only(model, None, bits, block_size, form, accuracy_level, min_elements)
+    return model, report
+
+
+def quantize_weights_file(src: str | Path, out: str | Path, *, bits: int, block_size: int = DEFAULT_BLOCK_SIZE,
+                          form: str = "MatMulNBits", accuracy_level: int | None = DEFAULT_ACCURACY_LEVEL,
+                          threshold: int | None = None) -> dict[str, Any]:
+    """Write the weight-only `bits` graph of the graph at `src` to `out` in `form` (see WEIGHT_FORMS), streaming:
+    the source is read as a skeleton and each weight is loaded, quantized and dropped in turn, so memory holds one
+    FP32 weight plus the quantized ones. External data beside `out` when it is over the threshold (report's
+    `data_files`). Every MatMul/Gemm with a constant weight is quantized (`skipped` lists any that is not)."""
+    src, out = Path(src), Path(out)
+    model = onnx.load(str(src), load_external_data=False)
+    report = _weight_only(model, src.parent, bits, block_size, form, accuracy_level, 0)
+    report["data_files"] = save_checked(model, out, source_dir=src.parent, threshold=threshold)
+    return report
+
+
+def _weight_only(model: onnx.ModelProto, source_dir: Path | None, bits: int, block_size: int, form: str,
+                 accuracy_level: int | None, min_elements: int) -> dict[str, Any]:
+    """Quantize `model`'s weights in place (see quantize_weights_file); the report."""
+    check_weight_only(bits, block_size, form)
+    name_nodes(model)
     graph = model.graph
-    inits = {i.name: i for i in graph.initializer}
-    users: dict[str, int] = {}
-    for node in graph.node:
-        for i in node.input:
-            users[i] = users.get(i, 0) + 1
-    new_nodes, done, before, after = [], [], 0, 0
-    for node in graph.node:
-        weight = node.input[1] if node.op_type in ("MatMul", "Gemm") and len(node.input) > 1 else None
-        if weight in inits and users.get(weight) == 1 and len(inits[weight].dims) == 2 \
-                and np.prod(inits[weight].dims) >= min_elements and inits[weight].data_type == TensorProto.FLOAT:
-            w = numpy_helper.to_array(inits[weight])
-            trans_b = node.op_type == "Gemm" and any(a.name == "transB" and a.i for a in node.attribute)
-            k_axis = 1 if trans_b else 0                # reduction axis of the stored weight
-            q, scale, attrs = _quantize_weight(w, bits, block_size, k_axis)
-            qt = numpy_helper.from_array(q, f"{weight}_q{bits}") if bits == 8 else \
-                helper.make_tensor(f"{weight}_q4", TensorProto.INT4, q.shape, q.flatten().tolist())
-            st = numpy_helper.from_array(scale.astype(np.float32), f"{weight}_scale")
-            graph.initializer.remove(inits[weight])
-            graph.initializer.extend([qt, st])
-            new_nodes.append(helper.make_node("DequantizeLinear", [qt.name, st.name], [weight],
-                                              name=f"{weight}_DequantizeLinear", **attrs))
-            before += w.nbytes
-            after += q.size * bits // 8 + scale.size * 4
-            done.append(node.name)
-        new_nodes.append(node)
-    del graph.node[:]
-    graph.node.extend(new_nodes)
-    if bits == 4:
+    if form == "QDQ" and bits == 4 and _opset(model) < QDQ_INT4_OPSET:
+        # DequantizeLinear takes INT4 and block_size from opset 21; converting the (weightless) skeleton is cheap.
         from onnx import version_converter
 
-        opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
-        if opset < 21:
-            model = version_converter.convert_version(model, 21)
-    return model, {"weight_only_bits": bits, "block_size": block_size if bits == 4 else None,
-                   "layers": len(done), "weight_bytes_before": int(before), "weight_bytes_after": int(after)}
+        converted = version_converter.convert_version(model, QDQ_INT4_OPSET)
+        model.CopyFrom(converted)
+        graph = model.graph
+    if form == "QDQ" and bits == 4:
+        model.ir_version = max(model.ir_version, 10)    # INT4 tensors need IR 10
+    if form == "MatMulNBits" and not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    targets, skipped = weight_matmuls(model)
+    inits = {i.name: i for i in graph.initializer}
+    replace: dict[str, list[onnx.NodeProto]] = {}
+    drop_nodes = set()
+    used_names: set[str] = set()
+    before = after = 0
+    quantized = []
+    for t in targets:
+        node, init = t["node"], inits[t["weight"]]
+        if int(np.prod(init.dims)) < min_elements:
+            skipped[node.name] = f"{int(np.prod(init.dims))} weights < min_elements {min_elements}"
+            continue
+        w = tensor_array(init, source_dir)
+        w = np.ascontiguousarray(w.T if t["nk"] else w)                                   # (K, N)
+        if t["alpha"] != 1.0:
+            w = w * np.asarray(t["alpha"], w.dtype)
+        name = t["weight"] if t["weight"] not in used_names else f"{t['weight']}.{node.name}"
+        used_names.add(name)
+        out = node.output[0] if t["bias"] is None else f"{node.output[0]}_weight_only"
+        before += w.nbytes
+        one = _one_matmul(node.name, node.input[0], out, name, w.shape, w.dtype, _opset(model))
+        raw = w.tobytes()
+        del w                           # at most two copies of a weight alive at once (lm_head: 0.5 GB each)
+        one.graph.initializer[0].raw_data = raw
+        del raw
+        nodes, tensors = _quantize_one(one, bits, block_size, form, accuracy_level)
+        del one                         # (the quantizer edits it in place; its FP32 weight goes with it)
+        if t["bias"] is not None:
+            bias = t["bias"]
+            if t["beta"] != 1.0:
+                b = tensor_array(inits[bias], source_dir)
+                bias = f"{bias}_beta"
+                tensors.append(numpy_helper.from_array((b * t["beta"]).astype(b.dtype), bias))
+            nodes.append(helper.make_node("Add", [out, bias], [node.output[0]], name=f"{node.name}_bias"))
+        for tensor in tensors:
+            graph.initializer.add().CopyFrom(tensor)
+            after += tensor_bytes(tensor)
+        replace[node.name] = nodes
+        drop_nodes.update(v.name for v in t["via"])
+        quantized.append(node.name)
+    new_nodes = []
+    for node in graph.node:
+        if node.name in drop_nodes:
+            continue
+        new_nodes.extend(replace.get(node.name, [node]))
+    del graph.node[:]
+    graph.node.extend(new_nodes)
+    read = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    for init in [i for i in graph.initializer if i.name not in read]:
+        graph.initializer.remove(init)                  # the FP weights (external ones are never read again)
+    left = [t["node"].name for t in weight_matmuls(model)[0]]
+    skipped.update({n: "still reads a floating-point weight after quantization" for n in left if n not in skipped})
+    return {"weight_only_bits": bits, "form": form, "block_size": block_size if form == "MatMulNBits" or bits == 4
+            else None, "accuracy_level": accuracy_level if form == "MatMulNBits" else None, "symmetric": True,
+            "opset": _opset(model), "layers": len(quantized), "quantized_layers": quantized, "skipped": skipped,
+            "weight_bytes_before": int(before), "weight_bytes_after": int(after)}
 
 
-def _quantize_weight(w: np.ndarray, bits: int, block_size: int, k_axis: int):
-    qmax = 127 if bits == 8 else 7
-    if bits == 8:                                      # per output channel (the non-reduction axis)
-        n_axis = 1 - k_axis
-        amax = np.abs(w).max(axis=k_axis)
-        scale = np.maximum(amax, 1e-12) / qmax
-        q = np.clip(np.round(w / np.expand_dims(scale, k_axis)), -qmax, qmax).astype(np.int8)
-        return q, scale, {"axis": n_axis}
-    K = w.shape[k_axis]
-    if K % block_size:
-        raise ValueError(f"INT4 blocks of {block_size} do not divide the reduction size {K}")
-    wk = np.moveaxis(w, k_axis, -1)                    # (N, K)
-    blocks = wk.reshape(wk.shape[0], K // block_size, block_size)
-    scale = np.maximum(np.abs(blocks).max(-1), 1e-12) / qmax                       # (N, K/bs)
-    q = np.clip(np.round(blocks / scale[..., None]), -qmax - 1, qmax).astype(np.int8).reshape(wk.shape)
-    q, scale = np.moveaxis(q, -1, k_axis), np.moveaxis(scale, -1, k_axis)
-    return q, scale, {"axis": k_axis, "block_size": block_size}
+def _opset(model: onnx.ModelProto) -> int:
+    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def _one_matmul(node_name: str, a: str, y: str, weight: str, shape: tuple[int, ...], dtype: np.dtype, opset: int
+                ) -> onnx.ModelProto:
+    """y = a @ weight, alone in a graph; the weight's values are left for the caller to set (raw_data)."""
+    elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    one = helper.make_model(helper.make_graph(
+        [helper.make_node("MatMul", [a, weight], [y], name=node_name)], "weight",
+        [helper.make_tensor_value_info(a, elem, None)], [helper.make_tensor_value_info(y, elem, None)]),
+        opset_imports=[helper.make_opsetid("", opset)])
+    one.graph.initializer.add(name=weight, data_type=elem, dims=list(shape))
+    return one
+
+
+def _quantize_one(one: onnx.ModelProto, bits: int, block_size: int, form: str, accuracy_level: int | None
+                  ) -> tuple[list[onnx.NodeProto], list[TensorProto]]:
+    """The nodes and initializers that compute `one` (a `_one_matmul` graph) with its weight quantized. ONNX
+    Runtime's MatMulNBitsQuantizer does it, one MatMul at a time: run on the whole model it would need every
+    weight in memory, and it skips Gemm and Transpose -> MatMul, the forms the decoder is exported in."""
+    import logging
+
+    from onnxruntime.quantization import QuantFormat
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    node, weight = one.graph.node[0], one.graph.initializer[0].name
+    node_name, shape = node.name, tuple(one.graph.initializer[0].dims)
+    if form == "QDQ" and bits == 8:
+        return _per_channel_int8(node_name, node.input[0], node.output[0], weight,
+                                 numpy_helper.to_array(one.graph.initializer[0]))
+    quiet = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)
+    try:
+        quantizer = MatMulNBitsQuantizer(
+            one, bits=bits, block_size=block_size, is_symmetric=True,
+            accuracy_level=accuracy_level if form == "MatMulNBits" else None, op_types_to_quantize=("MatMul",),
+            quant_format=QuantFormat.QOperator if form == "MatMulNBits" else QuantFormat.QDQ)
+        quantizer.process()
+    finally:
+        quiet.setLevel(level)
+    graph = quantizer.model.model.graph
+    if any(weight in n.input for n in graph.node):
+        raise WeightOnlyError(f"{node_name}: onnxruntime's MatMulNBitsQuantizer left the weight '{weight}' "
+                              f"{shape} unquantized ({bits} bits, block {block_size}, {form})")
+    # Standalone copies: a message taken from the small graph keeps all of it alive, its FP32 weight included.
+    return [_detached(n, onnx.NodeProto) for n in graph.node], [_detached(t, TensorProto) for t in graph.initializer]
+
+
+def _detached(message, kind):
+    copy_ = kind()
+    copy_.CopyFrom(message)
+    return copy_
+
+
+def _per_channel_int8(node_name: str, a: str, y: str, weight: str, w: np.ndarray
+                      ) -> tuple[list[onnx.NodeProto], list[TensorProto]]:
+    """INT8 symmetric per output channel: DequantizeLinear(axis 1) -> MatMul (TensorRT's INT8 weight-only)."""
+    amax = np.abs(w.astype(np.float32)).max(axis=0)
+    scale = (np.maximum(amax, 1e-12) / 127).astype(w.dtype)                             # (N,)
+    q = np.clip(np.round(w.astype(np.float32) / scale.astype(np.float32)), -127, 127).astype(np.int8)
+    qt, st = numpy_helper.from_array(q, f"{weight}_q8"), numpy_helper.from_array(scale, f"{weight}_scale")
+    dq = helper.make_node("DequantizeLinear", [qt.name, st.name], [f"{weight}_dq"], axis=1,
+                          name=f"{node_name}_DequantizeLinear")
+    return [dq, helper.make_node("MatMul", [a, dq.output[0]], [y], name=node_name)], [qt, st]

@@ -8,6 +8,12 @@ precision lives in the graph. So this module writes it there, where it can be me
   and outputs stay FP32, so the runtime and the manifest's specs do not change.
 - **int8**: explicit Q/DQ (calibration/quantize.py): symmetric INT8, per-channel weights, per-tensor activations,
   on the inputs of Conv / MatMul / Gemm with constant weights; layers that lose too much stay FP32.
+- **the LLM decoder** (`llm_weights`, `--llm-weights fp32|fp16|int8|int4`; default: what --precision makes of it):
+  fp16 as above, or INT8/INT4 weight-only in the backend's form (MatMulNBits for ONNX Runtime, blocked
+  DequantizeLinear at opset 21 for TensorRT), activations FP32 (FP16 with --precision fp16).
+
+Graphs over calibration.graphs.EXTERNAL_DATA_BYTES are read and written with external data, tensor by tensor
+(see calibration/graphs.py); each report lists the `data_files` written and convert_artifacts hashes them.
 
 The FP16 islands are chosen by measurement (`choose_islands`): candidate groups are found in the graph, and a group
 is kept only where dropping it makes the component's outputs measurably worse against FP32 on the calibration
@@ -27,6 +33,8 @@ accumulate), so an overflow shows as inf. Candidate groups:
 from __future__ import annotations
 
 import copy
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -34,22 +42,29 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+from onnx.external_data_helper import uses_external_data
 
-from calibration.graphs import Feeds, name_nodes, output_errors, run, save_checked, worst
-from calibration.quantize import NothingToQuantize
+from calibration.graphs import (EXTERNAL_DATA_BYTES, Feeds, check_saved, initializer_bytes, name_nodes,
+                                output_errors, run, save_onnx, tensor_array, weightless, worst)
+from calibration.quantize import (DEFAULT_ACCURACY_LEVEL, DEFAULT_BLOCK_SIZE, WEIGHT_FORMS, NothingToQuantize,
+                                  check_weight_only)
 from engines.contract import Manifest, file_entry
 from engines.errors import LLMFormerError
 from engines.files import sha256_file
 
 PRECISIONS = ("fp32", "fp16", "int8")
+LLM_WEIGHTS = ("fp32", "fp16", "int8", "int4")   # --llm-weights: the captioner decoder's weights, whatever --precision
 ISLAND_GROUPS = ("attention_softmax", "softmax", "normalization", "msda_coordinates")
 # Islands kept whatever the measurement says, because the measurement cannot see the reason with random weights.
 PINNED_ISLANDS = {
     "captioner_decoder": {"attention_softmax": "Phi-2's attention scores overflow FP16 with its real weights "
                                                "(llmformer/captioner.py computes them in FP32 for that reason)"},
 }
-# The LLM decoder is quantized weight-only (INT8 per channel, or INT4 blocks with llm_bits=4): its activations have
-# outliers that per-tensor INT8 cannot hold, and weight bandwidth is what limits decode speed on a Jetson.
+# The LLM decoder is quantized weight-only (--llm-weights int8 or int4, in the backend's form: MatMulNBits for ONNX
+# Runtime, blocked DequantizeLinear for TensorRT): its activations have outliers that per-tensor INT8 cannot hold,
+# and weight bandwidth is what limits decode speed. The token embedding (captioner_embed) is not: decode reads one
+# row of it per token, so low-bit rows buy no speed, and a quantized Gather is an ONNX Runtime contrib op
+# (GatherBlockQuantized) that TensorRT does not parse. It follows --precision.
 WEIGHT_ONLY = {"captioner_decoder"}
 # Keep an island when dropping it grows the worst relative output error by more than this factor (or to non-finite).
 ISLAND_TOLERANCE = 1.25
@@ -64,10 +79,15 @@ class PrecisionError(LLMFormerError, ValueError):
     """A precision build that cannot be made; the message says what to pass instead."""
 
 
-def check_args(precision: str, calib: str | Path | None) -> None:
-    """Fail before any export work: unknown precision, INT8 without calibration images, a bad --calib folder."""
+def check_args(precision: str, calib: str | Path | None, llm_weights: str | None = None,
+               llm_block_size: int = DEFAULT_BLOCK_SIZE) -> None:
+    """Fail before any export work: unknown precision or LLM weights, a block size MatMulNBits cannot take, INT8
+    without calibration images, a bad --calib folder."""
     if precision not in PRECISIONS:
         raise PrecisionError(f"unknown precision '{precision}': choose one of {', '.join(PRECISIONS)}")
+    if llm_weights is not None and llm_weights not in LLM_WEIGHTS:
+        raise PrecisionError(f"unknown --llm-weights '{llm_weights}': choose one of {', '.join(LLM_WEIGHTS)}")
+    check_weight_only(4, llm_block_size, "MatMulNBits")
     if precision == "int8" and calib is None:
         raise PrecisionError("--precision int8 needs calibration images: pass --calib DIR, a folder of frames like "
                              "the ones the camera will see (a few hundred; optional DIR/captions.txt)")
@@ -77,9 +97,15 @@ def check_args(precision: str, calib: str | Path | None) -> None:
         list_images(calib)
 
 
+def llm_target(precision: str, llm_weights: str | None) -> str:
+    """What the captioner decoder becomes: `llm_weights` when given, else what --precision makes of it as before
+    (fp32, fp16, or int8 weight-only, now in the backend's form)."""
+    return llm_weights or precision
+
+
 # ------------------------------------------------------------------------------------------------ graph helpers
 def _float_types(model: onnx.ModelProto) -> dict[str, int]:
-    inferred = onnx.shape_inference.infer_shapes(model)
+    inferred = onnx.shape_inference.infer_shapes(weightless(model))   # element types need no weight values
     types = {v.name: v.type.tensor_type.elem_type for v in
              list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)}
     types.update({i.name: i.data_type for i in model.graph.initializer})
@@ -157,21 +183,43 @@ def find_islands(model: onnx.ModelProto) -> dict[str, set[str]]:
     return groups
 
 
-def to_fp16(model: onnx.ModelProto, keep: Iterable[str], islands: Mapping[str, set[str]] | None = None
-            ) -> onnx.ModelProto:
-    """FP16 copy of `model` with the island groups in `keep` left FP32; inputs and outputs stay FP32."""
-    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+def to_fp16(model: onnx.ModelProto, keep: Iterable[str], islands: Mapping[str, set[str]] | None = None,
+            source_dir: str | Path | None = None) -> onnx.ModelProto:
+    """FP16 copy of `model` with the island groups in `keep` left FP32; inputs and outputs stay FP32.
 
-    model = copy.deepcopy(model)
+    `model` may be a skeleton (`onnx.load(path, load_external_data=False)`, with `source_dir` its folder): the
+    weights are converted here one at a time, never all held in FP32, and the copy holds them in FP16 only."""
+    from onnxruntime.transformers.float16 import (ALWAYS_FLOAT_INPUTS, DEFAULT_OP_BLOCK_LIST,
+                                                  convert_float_to_float16, convert_np_to_float16)
+
     islands = find_islands(model) if islands is None else islands
     unknown = set(keep) - set(ISLAND_GROUPS)
     if unknown:
         raise PrecisionError(f"unknown FP16 island groups {sorted(unknown)}: choose from {', '.join(ISLAND_GROUPS)}")
     block = set().union(*(islands.get(g, set()) for g in keep)) if keep else set()
     name_nodes(model)
-    del model.graph.value_info[:]
-    fp16 = convert_float_to_float16(model, keep_io_types=True, node_block_list=sorted(block),
+    # The converter reads every initializer it converts whole (and again for its shape), which neither fits a graph
+    # over 2 GB nor one whose tensors are external. So the weights it would convert (read by at least one FP16 node:
+    # its own rule) are handed to it as typed graph inputs, on a copy without their values, and put back here as
+    # FP16 initializers one at a time.
+    blocked = lambda n: n.op_type in DEFAULT_OP_BLOCK_LIST or n.name in block  # noqa: E731
+    fp16_weights = {name for n in model.graph.node if not blocked(n) for k, name in enumerate(n.input)
+                    if k not in ALWAYS_FLOAT_INPUTS.get(n.op_type, [])}
+    weights = {i.name: i for i in model.graph.initializer
+               if i.data_type == TensorProto.FLOAT and i.name in fp16_weights}
+    light = weightless(model, set(weights))
+    del light.graph.value_info[:]
+    real_io = [v.name for v in (*light.graph.input, *light.graph.output) if v.name not in weights]
+    fp16 = convert_float_to_float16(light, keep_io_types=real_io, node_block_list=sorted(block),
                                     op_block_list=DEFAULT_OP_BLOCK_LIST)
+    for value in [v for v in fp16.graph.input if v.name in weights]:
+        fp16.graph.input.remove(value)
+    for name, init in weights.items():
+        values = tensor_array(init, source_dir)
+        half = convert_np_to_float16(values.reshape(-1)).reshape(values.shape)  # it takes 1-D, as from raw data
+        del values
+        fp16.graph.initializer.append(numpy_helper.from_array(half, name))
+        del half
     _drop_round_trip_casts(fp16)
     _topological_sort(fp16.graph)
     return fp16
@@ -305,41 +353,35 @@ def choose_islands(model: onnx.ModelProto, component: str, feeds: Sequence[Feeds
 def convert(fp32_onnx_path: str | Path, out_path: str | Path, precision: str, component_name: str,
             calib: Sequence[Feeds], *, cache_dir: str | Path | None = None, calib_fingerprint: str = "",
             method: str = "entropy", islands: Sequence[str] | str = "auto", log: Callable[[str], None] = print,
-            **int8_options: Any) -> dict[str, Any]:
+            backend: str = "onnxruntime", block_size: int = DEFAULT_BLOCK_SIZE, activations: str = "fp32",
+            accuracy_level: int | None = DEFAULT_ACCURACY_LEVEL, **int8_options: Any) -> dict[str, Any]:
     """Write `out_path`, the `precision` version of the FP32 graph `fp32_onnx_path` for `component_name`, and
-    return its report (JSON-able): islands or quantized/excluded layers, and the error against FP32 on `calib`
-    (the component's recorded input feeds; see calibration.data.CalibrationSet.record)."""
-    if precision not in ("fp16", "int8"):
-        raise PrecisionError(f"convert() makes fp16 or int8 graphs, got '{precision}'")
+    return its report (JSON-able): islands or quantized/excluded layers, the error against FP32 on `calib`
+    (the component's recorded input feeds; see calibration.data.CalibrationSet.record), and `data_files`, the
+    external data written beside `out_path` (graphs over EXTERNAL_DATA_BYTES).
+
+    The LLM decoder (WEIGHT_ONLY) takes int8 or int4 weight-only in `backend`'s form (calibration.quantize.
+    WEIGHT_FORMS; `block_size`, `accuracy_level`), with FP32 activations or, `activations="fp16"`, on the FP16 graph.
+    Graphs are read from their files and written tensor by tensor: memory holds the converted weights, not a copy
+    of the FP32 ones (INT8 Q/DQ excepted: ONNX Runtime's static quantizer loads the whole graph)."""
+    if precision not in ("fp16", "int8", "int4") or (precision == "int4" and component_name not in WEIGHT_ONLY):
+        raise PrecisionError(f"convert() makes fp16 or int8 graphs (int4: the LLM decoder only), got '{precision}' "
+                             f"for {component_name}")
     if not calib and not (precision == "fp16" or component_name in WEIGHT_ONLY):
         raise PrecisionError(f"{component_name}: no calibration feeds were recorded for it")
     t0 = time.perf_counter()
     fp32_onnx_path, out_path = Path(fp32_onnx_path), Path(out_path)
-    model = onnx.load(str(fp32_onnx_path))
-    reference = run(model, calib) if calib else None
+    # From the files, so ONNX Runtime reads external data itself; the session is gone before converting starts.
+    reference = run(fp32_onnx_path, calib) if calib else None
     if precision == "fp16":
-        if islands == "auto" and calib:
-            keep, study = choose_islands(model, component_name, calib, reference, log)
-        elif islands == "auto":  # nothing to measure on: only the pinned islands
-            keep, study = sorted(PINNED_ISLANDS.get(component_name, {})), {"not_measured": "no feeds recorded"}
-        else:
-            keep, study = list(islands), {}
-        model16 = to_fp16(model, keep)
-        save_checked(model16, out_path)
-        vs = {"emulated_fp16": output_errors(reference, run(emulate_fp16(model16), calib)),
-              "onnxruntime_cpu": output_errors(reference, run(model16, calib))} if calib else {}
-        report = {"precision": "fp16", "fp32_islands": keep, "island_study": study, "vs_fp32": vs}
+        report = _convert_fp16(fp32_onnx_path, out_path, component_name, calib, reference, islands, log)
     elif component_name in WEIGHT_ONLY:
-        from calibration.quantize import quantize_weights
-
-        bits = int(int8_options.get("llm_bits", 8))
-        quantized, report = quantize_weights(model, bits=bits)
-        save_checked(quantized, out_path)
-        report.update({"precision": f"int{bits}-weight-only",
-                       "vs_fp32": output_errors(reference, run(out_path, calib)) if calib else {}})
+        report = _convert_weight_only(fp32_onnx_path, out_path, int(precision[3:]), component_name, calib, reference,
+                                      backend, block_size, activations, accuracy_level, log)
     else:
         from calibration.quantize import quantize_int8
 
+        model = onnx.load(str(fp32_onnx_path))
         report = quantize_int8(model, out_path, calib, reference=reference, component=component_name,
                                method=method, cache_dir=cache_dir, calib_fingerprint=calib_fingerprint,
                                fp32_sha256=sha256_file(fp32_onnx_path), log=log, **int8_options)
@@ -347,17 +389,92 @@ def convert(fp32_onnx_path: str | Path, out_path: str | Path, precision: str, co
     return report
 
 
+def _convert_fp16(src: Path, out: Path, component: str, calib: Sequence[Feeds], reference, islands,
+                  log: Callable[[str], None]) -> dict[str, Any]:
+    model = onnx.load(str(src), load_external_data=False)  # the skeleton: large tensors stay in their files
+    large = initializer_bytes(model) > EXTERNAL_DATA_BYTES
+    measure = bool(islands == "auto" and calib and not large)
+    if measure and any(uses_external_data(t) for t in model.graph.initializer):
+        model = onnx.load(str(src))                         # the island study runs variants of it in memory
+    if measure:
+        keep, study = choose_islands(model, component, calib, reference, log)
+    elif islands == "auto":  # nothing to measure on, or too large to try variants: only the pinned islands
+        keep = sorted(PINNED_ISLANDS.get(component, {}))
+        study = {"not_measured": "no feeds recorded" if not calib else
+                 f"graph of {initializer_bytes(model) / 1e9:.1f} GB: each trial would hold another copy of its "
+                 f"weights; pinned islands only"}
+    else:
+        keep, study = list(islands), {}
+    model16 = to_fp16(model, keep, source_dir=src.parent)
+    del model
+    data_files = save_onnx(model16, out, source_dir=src.parent)
+    if not measure:  # the emulation below is the only other use: drop the graph before the checker reads it back
+        del model16
+    check_saved(out, data_files)
+    vs = {}
+    if calib:
+        if measure:  # emulation runs the whole graph in memory in FP32
+            vs["emulated_fp16"] = output_errors(reference, run(emulate_fp16(model16), calib))
+            del model16
+        vs["onnxruntime_cpu"] = output_errors(reference, run(out, calib))
+    return {"precision": "fp16", "fp32_islands": keep, "island_study": study, "vs_fp32": vs,
+            "data_files": data_files}
+
+
+def _convert_weight_only(src: Path, out: Path, bits: int, component: str, calib: Sequence[Feeds], reference,
+                         backend: str, block_size: int, activations: str, accuracy_level: int | None,
+                         log: Callable[[str], None]) -> dict[str, Any]:
+    from calibration.quantize import quantize_weights_file
+
+    if backend not in WEIGHT_FORMS:
+        raise PrecisionError(f"no weight-only form for backend '{backend}': choose one of {', '.join(WEIGHT_FORMS)}")
+    if activations not in ("fp32", "fp16"):
+        raise PrecisionError(f"weight-only activations are fp32 or fp16, got '{activations}'")
+    form = WEIGHT_FORMS[backend]
+    fp16 = None
+    if activations == "fp16":  # the FP16 graph (islands as for --precision fp16) first, then its weights quantized
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.fp16-"))
+        fp16 = _convert_fp16(src, tmp / "fp16.onnx", component, calib, reference, "auto", log)
+        src = tmp / "fp16.onnx"
+    try:
+        report = quantize_weights_file(src, out, bits=bits, block_size=block_size, form=form,
+                                       accuracy_level=accuracy_level)
+    finally:
+        if fp16 is not None:
+            shutil.rmtree(src.parent, ignore_errors=True)
+    if report["skipped"]:
+        raise PrecisionError(f"{component}: {len(report['skipped'])} MatMul/Gemm weights were not quantized: "
+                             + "; ".join(f"{n}: {why}" for n, why in report["skipped"].items()))
+    report.update({"precision": f"int{bits}-weight-only", "activations": activations, "backend": backend,
+                   "vs_fp32": output_errors(reference, run(out, calib)) if calib else {}})
+    if fp16 is not None:
+        report["fp32_islands"] = fp16["fp32_islands"]
+    log(f"    {component}: {report['layers']} MatMul/Gemm weights -> int{bits} {form}"
+        f"{f' blocks of {block_size}' if form == 'MatMulNBits' or bits == 4 else ' per channel'}, "
+        f"{report['weight_bytes_before'] / 1e6:.0f} -> {report['weight_bytes_after'] / 1e6:.0f} MB, opset {report['opset']}")
+    return report
+
+
 def convert_artifacts(folder: str | Path, manifest: Manifest, precision: str, calib: str | Path | None = None,
                       cache_dir: str | Path | None = None, method: str = "entropy", components: Sequence[str] | None = None,
-                      log: Callable[[str], None] = print, **options: Any) -> dict[str, dict[str, Any]]:
+                      log: Callable[[str], None] = print, llm_weights: str | None = None,
+                      llm_block_size: int = DEFAULT_BLOCK_SIZE, backend: str | None = None,
+                      **options: Any) -> dict[str, dict[str, Any]]:
     """Make the `precision` graphs of every component of an FP32 artifact folder (usually the build's staging
-    folder, before publish) and point the manifest at them, in place: `onnx` becomes the new graph, `onnx_fp32`
-    keeps the FP32 one, `precision` and `precision_report` are set. Calibration frames come from `calib` (a folder
-    of images, required for int8) or, for fp16, the demo frames. Returns the reports by component."""
+    folder, before publish) and point the manifest at them, in place: `onnx` (and `data_files`) become the new
+    graph's, `onnx_fp32` (and `onnx_fp32_data_files`) keep the FP32 one's, `precision` and `precision_report` are
+    set. The LLM decoder becomes `llm_weights` (default: what `precision` makes of it, see `llm_target`) in the
+    form of `backend` (default: the manifest's). Calibration frames come from `calib` (a folder of images,
+    required for int8) or, for fp16 and the LLM, the demo frames. Returns the reports by component."""
     from calibration.data import CalibrationSet
 
-    check_args(precision, calib)
-    if precision == "fp32":
+    check_args(precision, calib, llm_weights, llm_block_size)
+    backend = backend or manifest.backend
+    targets = {name: llm_target(precision, llm_weights) if name in WEIGHT_ONLY else precision
+               for name in manifest.components if components is None or name in components}
+    targets = {name: target for name, target in targets.items() if target != "fp32"}
+    if not targets:
+        manifest.precision = precision
         return {}
     folder = Path(folder)
     data = CalibrationSet.from_folder(calib) if calib is not None else CalibrationSet.demo()
@@ -366,30 +483,32 @@ def convert_artifacts(folder: str | Path, manifest: Manifest, precision: str, ca
     log(f"  recorded calibration feeds from {data.source}: "
         + ", ".join(f"{n} {len(f)}" for n, f in recorded.items()) + f" ({time.perf_counter() - t:.1f} s)")
     reports = {}
-    for name, entry in manifest.components.items():
-        if components is not None and name not in components:
-            continue
+    for name, target in targets.items():
+        entry = manifest.components[name]
         fp32_file = entry.onnx.file
-        out_name = f"{Path(fp32_file).stem}.{precision}.onnx"
+        out_name = f"{Path(fp32_file).stem}.{target}.onnx"
+        llm = {"backend": backend, "block_size": llm_block_size,
+               "activations": "fp16" if precision == "fp16" else "fp32"} if name in WEIGHT_ONLY else {}
         t = time.perf_counter()
         try:
-            report = convert(folder / fp32_file, folder / out_name, precision, name, recorded.get(name, []),
+            report = convert(folder / fp32_file, folder / out_name, target, name, recorded.get(name, []),
                              cache_dir=cache_dir, calib_fingerprint=data.fingerprint(), method=method, log=log,
-                             **options)
+                             **llm, **options)
         except (PrecisionError, NothingToQuantize) as exc:  # e.g. an embedding table: stays FP32, says why
             entry.precision = "fp32"
             entry.precision_report = reports[name] = {"precision": "fp32", "kept_fp32": str(exc)}
-            log(f"  {precision} {name:<13} kept FP32: {exc}")
+            log(f"  {target} {name:<13} kept FP32: {exc}")
             continue
         report["calibration"] = data.source
         entry.onnx_fp32 = entry.onnx
-        # The new graph holds its weights inline; the FP32 one keeps its data files.
-        entry.onnx_fp32_data_files, entry.data_files = entry.data_files, []
+        # Each graph lists its own external data: the FP32 one keeps its files, the new one has those it wrote.
+        entry.onnx_fp32_data_files = entry.data_files
+        entry.data_files = [file_entry(folder, f) for f in report.pop("data_files", [])]
         entry.onnx = file_entry(folder, out_name)
         entry.precision = report["precision"]
         entry.precision_report = report
         reports[name] = report
-        log(f"  {precision} {name:<13} {summary_line(report)} ({time.perf_counter() - t:.1f} s)")
+        log(f"  {target} {name:<13} {summary_line(report)} ({time.perf_counter() - t:.1f} s)")
     manifest.precision = precision
     return reports
 
@@ -398,10 +517,10 @@ def summary_line(report: Mapping[str, Any]) -> str:
     if not report.get("vs_fp32"):
         return f"{report['precision']} (not measured: no feeds recorded)"
     if report["precision"].endswith("weight-only"):
-        return (f"{report['layers']} weights {report['precision']}; max |q-fp32| "
+        return (f"{report['layers']} weights {report['precision']} ({report['form']}); max |q-fp32| "
                 f"{max(e['max_abs'] for e in report['vs_fp32'].values()):.2e}")
     if report["precision"] == "fp16":
-        err = report["vs_fp32"]["emulated_fp16"]
+        err = report["vs_fp32"].get("emulated_fp16") or report["vs_fp32"]["onnxruntime_cpu"]
         return (f"FP32 islands {report['fp32_islands'] or 'none'}; emulated max |fp16-fp32| "
                 f"{max(e['max_abs'] for e in err.values()):.2e}")
     err = report["vs_fp32"]
