@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as _dt
+import gc
 import importlib.metadata
 import os
 import platform
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engines.base import BACKENDS, backend_importable
+from engines.base import BACKENDS, backend_importable, create_engine
 from engines.contract import (CAPTIONER_DECODER, CAPTIONER_EMBED, CAPTIONER_VISION, MANIFEST_NAME, SEGMENTER,
                               VISION_TOWER, CaptionerEntry, ComponentEntry, Manifest, Preprocess, Sample, TorchSource,
                               file_entry, read_manifest, write_manifest)
@@ -221,6 +222,7 @@ def build(args: BuildConfig, preset=None) -> Path:
             segmenter = LLMFormerSegmenter(preset.segmenter).eval()
             random_parts.append("segmenter")
         check_segmenter_fits(preset)
+        caption_pre = captioner_preprocess(captioner, preset.vision_tower.image_size)
         log(f"  models ready ({time.perf_counter() - t:.1f} s)")
         if random_parts:
             bar = "!" * 78
@@ -270,12 +272,23 @@ def build(args: BuildConfig, preset=None) -> Path:
                     f"{entry.max_abs_diff_vs_torch:.2e} ({time.perf_counter() - t:.1f} s)")
             if captioner is not None:
                 t = time.perf_counter()
-                same = validate_caption(staging, entries, captioner_info)
+                embeds = np.random.default_rng(0).standard_normal(
+                    (1, captioner_info.image_tokens, captioner.config.text_config.hidden_size)).astype(np.float32)
+                want = caption_tokens(staging, captioner_info, torch_caption_engines(captioner, entries), embeds)
+                # Phi-2's 11 GB PyTorch copy must not sit beside ONNX Runtime's: nothing needs it from here on.
+                checks = captioner = tower = tower_model = None
+                gc.collect()
+                got = caption_tokens(staging, captioner_info, {n: create_engine(
+                    "onnxruntime", n, staging, entries[n], providers=["CPUExecutionProvider"])
+                    for n in (CAPTIONER_EMBED.component, CAPTIONER_DECODER.component)}, embeds)
+                same = got == want
                 for name in (CAPTIONER_EMBED.component, CAPTIONER_DECODER.component):
                     entries[name].greedy_tokens_match_torch = same
                 log(f"  validated captioner greedy tokens ORT == PyTorch: {same} ({time.perf_counter() - t:.1f} s)")
                 if not same:
                     raise BuildError("the exported captioner does not decode like PyTorch; not publishing")
+        captioner = tower = tower_model = None   # the conversions below load the graphs, not the models
+        gc.collect()
 
         samples = write_samples(staging, trained=not random_parts and preset.name == "demo",
                                 size=preset.segmenter.frame_size)
@@ -287,7 +300,7 @@ def build(args: BuildConfig, preset=None) -> Path:
                 VISION_TOWER.component: Preprocess(preset.vision_tower.image_size, tuple(preset.vision_tower.mean),
                                                    tuple(preset.vision_tower.std)),
                 SEGMENTER.component: Preprocess(preset.segmenter.frame_size, tuple(IMAGENET_MEAN), tuple(IMAGENET_STD)),
-                **captioner_preprocess(captioner, preset.vision_tower.image_size),
+                **caption_pre,
             },
             parser=parser_model(), captioner=captioner_info, components=entries, samples=samples,
             versions=versions())
@@ -412,30 +425,30 @@ def write_samples(folder: Path, trained: bool, size: int, count: int = 8) -> lis
     return samples
 
 
-def validate_caption(staging: Path, entries: dict[str, ComponentEntry], info: CaptionerEntry, tokens: int = 8) -> bool:
-    """Greedy-decode one random image's caption on ONNX Runtime and on PyTorch: same tokens?"""
-    from engines.base import create_engine
-    from llmformer.captioner import release_captioners
+def torch_caption_engines(captioner, entries: dict[str, ComponentEntry]) -> dict:
+    """The PyTorch engines of the embed and decoder graphs over the captioner already in memory (loading it
+    again from the staging folder would hold two copies of the LLM)."""
+    from engines.torch_engine import TorchEngine
+    from llmformer.captioner import CaptionerDecoder, CaptionerEmbed
+
+    modules = {CAPTIONER_EMBED.component: CaptionerEmbed(captioner.model),
+               CAPTIONER_DECODER.component: CaptionerDecoder(captioner.model)}
+    return {n: TorchEngine(n, m, entries[n].inputs, entries[n].outputs, device="cpu") for n, m in modules.items()}
+
+
+def caption_tokens(staging: Path, info: CaptionerEntry, engines: dict, embeds: np.ndarray, tokens: int = 8) -> list[int]:
+    """The greedy tokens of a caption of `embeds` (random image embeddings) through the runtime's decode loop on
+    `engines`; closes them."""
     from runtime.decode import CaptionDecoder
 
-    captions = []
-    rng = np.random.default_rng(0)
-    embeds = None
-    for backend in ("onnxruntime", "torch"):
-        engines = {n: create_engine(backend, n, staging, entries[n], providers=["CPUExecutionProvider"]
-                                    if backend == "onnxruntime" else None)
-                   for n in (CAPTIONER_EMBED.component, CAPTIONER_DECODER.component)}
+    try:
         dec = CaptionDecoder.from_files(staging / info.tokenizer.file, staging / info.prompt.file,
                                         engines[CAPTIONER_EMBED.component], engines[CAPTIONER_DECODER.component],
                                         max_context=info.max_context)
-        if embeds is None:
-            width = entries[CAPTIONER_DECODER.component].input(CAPTIONER_DECODER.inputs_embeds).shape[2]
-            embeds = rng.standard_normal((1, info.image_tokens, width)).astype(np.float32)
-        captions.append(dec.caption_embeds(embeds, max_new_tokens=tokens).token_ids)
+        return list(dec.caption_embeds(embeds, max_new_tokens=tokens).token_ids)
+    finally:
         for engine in engines.values():
             engine.close()
-    release_captioners()  # the staging folder is about to move; keep no model loaded from it
-    return list(captions[0]) == list(captions[1])
 
 
 def validate(comp, onnx_path: Path) -> float:
