@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# GPU check of the MSDA kernel (issue 6), one command, about 3 minutes, 5 at most:
+# GPU check of the MSDA kernel (issue 6) and the device-side decode (issue 14), one command, about 4 minutes, 7 at most:
 #   1. build the PyTorch binding (plugins_trt/msda_op.py) for this GPU,
 #   2. build and run the standalone kernel test (both kernels vs a double-precision CPU reference),
 #   3. run it under compute-sanitizer memcheck and racecheck (small case),
 #   4. run the GPU tests (tests/test_msda_cuda.py: kernel vs llmformer/msda.py, FP32 1e-5, FP16 1e-2 relative),
-#   5. run the benchmark (benchmarks/bench_msda_gpu.py: 512 and 1024 frames, uniform and clustered locations).
+#   5. run the benchmark (benchmarks/bench_msda_gpu.py: 512 and 1024 frames, uniform and clustered locations),
+#   6. run the device-decode tests (tests/test_decode_device.py, issue 14: CUDA strided cache writes, ONNX Runtime
+#      CUDA IOBinding decoding equal to CPU decoding with the cache on the GPU, TensorRT buffer sharing; each skips
+#      with its reason where onnxruntime-gpu, cuda-python or TensorRT is missing).
 # Every step's output goes to a log; SUMMARY.md collects the GPU, the date, each step's result and the figures.
 #
 #   bash plugins_trt/gpu_check.sh          # from the repository root; results in $OUT if set,
@@ -22,7 +25,7 @@ export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$ROOT/build/torch_extensions}"
 export MAX_JOBS="${MAX_JOBS:-$(nproc)}"
 PY="${PYTHON:-python}"
-BUDGET_S=300
+BUDGET_S=420
 START=$(date +%s)
 STATUS=0
 SUMMARY="$RESULTS/SUMMARY.md"
@@ -115,6 +118,7 @@ fi
 step pytest 150 "$PY" -m pytest -q -rs tests/test_msda_cuda.py -k "not standalone and not memcheck" \
     --junitxml="$RESULTS/pytest.xml" -p no:cacheprovider
 step benchmark 150 "$PY" benchmarks/bench_msda_gpu.py --runs 100 --json "$RESULTS/bench_msda_gpu.json"
+step device_decode 120 "$PY" -m pytest -q -rs tests/test_decode_device.py -p no:cacheprovider
 
 {
     echo "# MSDA GPU check"
@@ -128,6 +132,8 @@ step benchmark 150 "$PY" benchmarks/bench_msda_gpu.py --runs 100 --json "$RESULT
     printf '%s\n' "${ROWS[@]}"
     echo
     echo "pytest: $(grep -E '(passed|failed|error)' "$RESULTS/pytest.log" 2>/dev/null | tail -1)"
+    echo "device decode: $(grep -E '(passed|failed|error)' "$RESULTS/device_decode.log" 2>/dev/null | tail -1)"
+    grep -E '^SKIPPED' "$RESULTS/device_decode.log" 2>/dev/null
     echo "memcheck: $(grep -h 'ERROR SUMMARY' "$RESULTS/memcheck.log" 2>/dev/null | tail -1)"
     echo "racecheck: $(grep -h 'SUMMARY' "$RESULTS/racecheck.log" 2>/dev/null | tail -1)"
     echo
