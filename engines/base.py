@@ -26,6 +26,7 @@ from __future__ import annotations
 import ctypes
 import importlib.util
 import math
+import os
 import threading
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
@@ -35,9 +36,17 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from engines.contract import ComponentEntry, TensorSpec
-from engines.errors import EngineError
+from engines.errors import EngineError, OptionError
 
 BACKENDS = ("onnxruntime", "tensorrt", "torch")
+# The keyword options each backend's `from_component` takes (`create_engine(..., **options)`, and
+# `runtime.load(..., **engine_options)` beside `threads`); anything else is an OptionError naming it.
+# TensorRT takes `threads` so that one load() call serves every backend; it has no effect there.
+ENGINE_OPTIONS = {
+    "onnxruntime": ("providers", "threads", "spin"),
+    "torch": ("device", "threads"),
+    "tensorrt": ("plugins", "cuda_graph", "threads"),
+}
 
 
 # ------------------------------------------------------------------------------------------ bytes moved
@@ -382,11 +391,59 @@ def available_backends() -> list[str]:
     return [b for b in BACKENDS if backend_importable(b)]
 
 
+def check_engine_options(backend: str | None, options: Mapping[str, Any], caller: str = "create_engine()",
+                         also_known: Sequence[str] = ()) -> None:
+    """Refuse, before any engine is made, an option `backend` does not take (None: that no backend takes) as
+    an OptionError naming it and the likely option meant among the backends' and `also_known` (the caller's
+    other arguments), and an option value of the wrong type (OptionError) or out of range (EngineError)."""
+    every = {o for opts in ENGINE_OPTIONS.values() for o in opts}
+    takes = every if backend is None else set(ENGINE_OPTIONS[backend])
+    unknown = [k for k in options if k not in takes]
+    if unknown:
+        others = sorted({b for k in unknown for b, opts in ENGINE_OPTIONS.items() if k in opts and b != backend})
+        note = f" for the {backend} backend (the {' and '.join(others)} backend{'s' if len(others) > 1 else ''} " \
+               f"take{'' if len(others) > 1 else 's'} it: pass backend={others[0]!r})" if others else ""
+        raise OptionError.unexpected(caller, unknown, takes | set(also_known), note=note)
+    for key, value in options.items():
+        if value is None:
+            continue    # every option's default
+        if key == "threads":
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise OptionError(f"{caller}: threads must be an int >= 1 or None, got {type(value).__name__} "
+                                  f"{value!r}")
+            if value < 1:
+                raise EngineError(f"{caller}: threads must be >= 1 (None: the backend's default), got {value}")
+        elif key in ("spin", "cuda_graph") and not isinstance(value, (bool, np.bool_)):
+            raise OptionError(f"{caller}: {key} must be True or False, got {type(value).__name__} {value!r}")
+        elif key == "providers":
+            if isinstance(value, str) or not isinstance(value, (list, tuple)) or \
+                    not all(isinstance(p, str) for p in value):
+                raise OptionError(f"{caller}: providers must be a list of ONNX Runtime execution provider names, "
+                                  f"e.g. ['CUDAExecutionProvider', 'CPUExecutionProvider'], got {value!r}")
+            if not value:
+                raise EngineError(f"{caller}: providers is empty: name at least one, or pass None for the default")
+            if backend in (None, "onnxruntime") and backend_importable("onnxruntime"):
+                import onnxruntime as ort
+
+                missing = [p for p in value if p not in ort.get_available_providers()]
+                if missing:
+                    raise EngineError(f"{caller}: execution providers {missing} are not in this onnxruntime "
+                                      f"(available: {ort.get_available_providers()})")
+        elif key == "device" and (isinstance(value, bool) or not (
+                isinstance(value, (str, int)) or type(value).__module__.split(".")[0] == "torch")):
+            raise OptionError(f"{caller}: device must be a torch device such as 'cpu' or 'cuda:0', got "
+                              f"{type(value).__name__} {value!r}")
+        elif key == "plugins" and not isinstance(value, (str, os.PathLike)):
+            raise OptionError(f"{caller}: plugins must be the path of the MSDA plugin library, got "
+                              f"{type(value).__name__} {value!r}")
+
+
 def create_engine(backend: str, name: str, folder: Path, component: ComponentEntry, **options: Any) -> Engine:
     """Make the engine for one manifest component. Backends are imported lazily so that the
-    ONNX Runtime path never imports torch."""
+    ONNX Runtime path never imports torch. `options`: those of ENGINE_OPTIONS[backend], checked first."""
     if backend not in BACKENDS:
         raise EngineError(f"unknown backend '{backend}': choose one of {', '.join(BACKENDS)}")
+    check_engine_options(backend, options)
     if not backend_importable(backend):
         raise EngineError(f"backend '{backend}' is not installed here (installed: "
                           f"{', '.join(available_backends()) or 'none'})")

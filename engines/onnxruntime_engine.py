@@ -82,7 +82,8 @@ class OnnxRuntimeEngine(Engine):
 
     @classmethod
     def from_component(cls, name: str, folder: Path, component: ComponentEntry, providers=None,
-                       threads: int | None = None, spin: bool = False, **_: Any) -> "OnnxRuntimeEngine":
+                       threads: int | None = None, spin: bool = False) -> "OnnxRuntimeEngine":
+        """The options are engines.base.ENGINE_OPTIONS["onnxruntime"]; create_engine() refuses any other."""
         return cls(name, Path(folder) / component.onnx.file, component.inputs, component.outputs,
                    providers=providers, threads=threads, spin=spin)
 

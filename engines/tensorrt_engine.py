@@ -135,7 +135,10 @@ class TensorRTEngine(Engine):
 
     @classmethod
     def from_component(cls, name: str, folder: Path, component: ComponentEntry, plugins=None,
-                       cuda_graph: bool | None = None, **_: Any) -> "TensorRTEngine":
+                       cuda_graph: bool | None = None, threads: int | None = None) -> "TensorRTEngine":
+        """The options are engines.base.ENGINE_OPTIONS["tensorrt"]; create_engine() refuses any other.
+        `threads` is taken so that one runtime.load() call serves every backend: TensorRT runs on the GPU,
+        and it has no effect."""
         entry = component.tensorrt
         if entry is None:
             raise EngineError(f"{name}: the artifact folder {folder} has no TensorRT engine for it: "

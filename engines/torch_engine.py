@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -32,7 +31,8 @@ class TorchEngine(Engine):
 
     @classmethod
     def from_component(cls, name: str, folder: Path, component: ComponentEntry, device: str | None = None,
-                       threads: int | None = None, **_: Any) -> "TorchEngine":
+                       threads: int | None = None) -> "TorchEngine":
+        """The options are engines.base.ENGINE_OPTIONS["torch"]; create_engine() refuses any other."""
         from llmformer.checkpoint import CheckpointError, load_component
 
         source = component.torch

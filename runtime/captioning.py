@@ -29,6 +29,7 @@ worker's included) with another.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -42,6 +43,15 @@ from engines.errors import LLMFormerError
 log = logging.getLogger("llmformer_edge")
 
 FIRST_FRAME_MODES = ("wait", "vocabulary")
+
+
+def _is_real(v: Any) -> bool:
+    """An int or float (numpy's too), not a bool (True is 1 to Python, never a number of frames or seconds)."""
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+
+
+class CaptionPolicyError(LLMFormerError, ValueError):
+    """A CaptionPolicy field with a value it cannot take; the message names the field and what it takes."""
 
 
 @dataclass(frozen=True)
@@ -67,16 +77,34 @@ class CaptionPolicy:
     timeout_s: float | None = 30.0
 
     def __post_init__(self) -> None:
-        if self.every_frames is not None and (not isinstance(self.every_frames, int) or self.every_frames < 1):
-            raise ValueError(f"every_frames must be an int >= 1 or None, got {self.every_frames!r}")
-        for name in ("every_seconds", "first_wait_s", "timeout_s"):
+        # Each field is checked here, so a bad policy fails where it is written, not frames later in a worker.
+        every = self.every_frames
+        if every is not None:
+            if isinstance(every, (bool, np.bool_)) or not isinstance(every, (int, np.integer)):
+                raise CaptionPolicyError(f"CaptionPolicy.every_frames must be an int >= 1 (caption every N frames) "
+                                         f"or None (never on a count), got {type(every).__name__} {every!r}")
+            if every < 1:
+                raise CaptionPolicyError(f"CaptionPolicy.every_frames must be >= 1 (caption every N frames) or None "
+                                         f"(never on a count), got {every}")
+            object.__setattr__(self, "every_frames", int(every))
+        for name, meaning in (("every_seconds", "never on time"), ("first_wait_s", "no limit"),
+                              ("timeout_s", "no timeout")):
             v = getattr(self, name)
-            if v is not None and not v > 0:
-                raise ValueError(f"{name} must be > 0 or None, got {v!r}")
-        if self.scene_change is not None and not 0 < self.scene_change <= 2:
-            raise ValueError(f"scene_change is a cosine distance in (0, 2] or None, got {self.scene_change!r}")
-        if self.first_frame not in FIRST_FRAME_MODES:
-            raise ValueError(f"first_frame must be one of {FIRST_FRAME_MODES}, got {self.first_frame!r}")
+            if v is None:
+                continue
+            if not _is_real(v) or not math.isfinite(v) or v <= 0:
+                raise CaptionPolicyError(f"CaptionPolicy.{name} must be a finite number of seconds > 0, or None "
+                                         f"({meaning}), got {type(v).__name__} {v!r}")
+            object.__setattr__(self, name, float(v))
+        v = self.scene_change
+        if v is not None:
+            if not _is_real(v) or not 0 < v <= 2:
+                raise CaptionPolicyError(f"CaptionPolicy.scene_change is a cosine distance in (0, 2] (0.15 is a "
+                                         f"good start), or None (off), got {type(v).__name__} {v!r}")
+            object.__setattr__(self, "scene_change", float(v))
+        if not isinstance(self.first_frame, str) or self.first_frame not in FIRST_FRAME_MODES:
+            raise CaptionPolicyError(f"CaptionPolicy.first_frame must be one of {FIRST_FRAME_MODES}, got "
+                                     f"{self.first_frame!r}")
 
 
 @dataclass(frozen=True)

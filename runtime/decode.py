@@ -22,6 +22,7 @@ counts (engines.base.IOBytes), and the profiler reports them per token.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -40,6 +41,48 @@ DEFAULT_MAX_NEW_TOKENS = 64
 
 class CaptionError(LLMFormerError, ValueError):
     """A caption cannot be made from these inputs; the message says what to change."""
+
+
+GENERATION_OPTIONS = ("max_new_tokens", "repetition_penalty")   # what caption(**options) takes
+
+
+def check_generation_options(options: Mapping[str, Any], caller: str = "caption()") -> dict[str, Any]:
+    """`options` for caption()/caption_embeds(), checked before any engine runs: an unknown name is an
+    OptionError naming it; max_new_tokens must be an int >= 1 and repetition_penalty a finite number > 0 (1 =
+    off), else a CaptionError. Returns them, numbers as Python ints/floats."""
+    from engines.errors import OptionError
+
+    unknown = [k for k in options if k not in GENERATION_OPTIONS]
+    if unknown:
+        raise OptionError.unexpected(caller, unknown, GENERATION_OPTIONS)
+    out = dict(options)
+    if "max_new_tokens" in out:
+        n = out["max_new_tokens"]
+        if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)) or n < 1:
+            raise CaptionError(f"max_new_tokens must be an int >= 1 (default {DEFAULT_MAX_NEW_TOKENS}), got "
+                               f"{type(n).__name__} {n!r}")
+        out["max_new_tokens"] = int(n)
+    if "repetition_penalty" in out:
+        r = out["repetition_penalty"]
+        if (isinstance(r, (bool, np.bool_)) or not isinstance(r, (int, float, np.integer, np.floating))
+                or not math.isfinite(r) or r <= 0):
+            raise CaptionError(f"repetition_penalty must be a finite number > 0 (1 = off, 1.1-1.3 discourages "
+                               f"repeats), got {type(r).__name__} {r!r}")
+        out["repetition_penalty"] = float(r)
+    return out
+
+
+def invalid_unicode(text: str) -> str | None:
+    """Why `text` is not valid Unicode text (a lone surrogate, which no tokenizer can encode: text decoded with
+    errors='surrogateescape', or a JSON '\\ud800'), or None when it is."""
+    if text.isascii():
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return (f"holds a lone surrogate {text[exc.start]!r} at index {exc.start} (not valid Unicode): decode "
+                f"bytes with errors='replace', or drop it")
+    return None
 
 
 @dataclass(frozen=True)
@@ -217,6 +260,9 @@ class CaptionDecoder:
             raise CaptionError(f"question must be a str or None, got {type(question).__name__}")
         if not question.strip():
             raise CaptionError(f"question is empty: pass None to ask {self.prompt.default_question!r}")
+        bad = invalid_unicode(question)
+        if bad:
+            raise CaptionError(f"question {bad}")
         if self.prompt.image_token in question:
             raise CaptionError(f"question contains the image token {self.prompt.image_token!r}; the image "
                                f"is placed by the prompt template")
@@ -239,6 +285,8 @@ class CaptionDecoder:
             raise CaptionError("this CaptionDecoder has no vision engine: pass vision=..., or call "
                                "caption_embeds() with the image embeddings")
         self.check_question(question)  # fail before spending a vision pass
+        check_generation_options({"max_new_tokens": max_new_tokens, "repetition_penalty": repetition_penalty},
+                                 "caption()")
         start = time.perf_counter()
         # On the vision engine's device: the image embeddings go to the embed engine's without the host.
         out = self.vision.run_bound({CAPTIONER_VISION.pixel_values: pixel_values})
@@ -252,10 +300,9 @@ class CaptionDecoder:
                        vision_s: float = 0.0) -> Caption:
         """image_embeds (1, N, E) from the vision engine (a numpy array, or a DeviceTensor left on its device by
         `vision.run_bound`) -> Caption (greedy)."""
-        if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
-            raise CaptionError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
-        if not repetition_penalty > 0:
-            raise CaptionError(f"repetition_penalty must be > 0 (1 = off), got {repetition_penalty!r}")
+        options = check_generation_options({"max_new_tokens": max_new_tokens,
+                                            "repetition_penalty": repetition_penalty}, "caption_embeds()")
+        max_new_tokens, repetition_penalty = options["max_new_tokens"], options["repetition_penalty"]
         if not (isinstance(image_embeds, (np.ndarray, DeviceTensor)) and image_embeds.ndim == 3
                 and image_embeds.shape[0] == 1):
             raise CaptionError(f"image_embeds must be a (1, N, E) array, got "

@@ -15,18 +15,23 @@ Profiling: set `rt.profiler = runtime.profiling.Profiler()` to record every stag
 """
 from __future__ import annotations
 
+import itertools
 import logging
+import math
+import os
 import threading
 import time
+import unicodedata
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from engines.base import BACKENDS, DeviceTensor, Engine, backend_importable, create_engine
+from engines.base import BACKENDS, DeviceTensor, Engine, backend_importable, check_engine_options, create_engine
 from engines.contract import (CAPTIONER_DECODER, CAPTIONER_EMBED, CAPTIONER_VISION, SEGMENTER, TEXT_ENCODER,
-                              VISION_TOWER, Manifest, read_manifest)
+                              VERIFY_LEVELS, VISION_TOWER, Manifest, read_manifest)
 from engines.errors import EngineError, LLMFormerError
 from runtime.frames import check_frame, semantic_map, to_pixels, to_tensor
 from runtime.profiling import NULL_SPAN
@@ -35,7 +40,46 @@ log = logging.getLogger("llmformer_edge")
 
 
 class RuntimeInputError(LLMFormerError, ValueError):
-    """A `segment()` argument that cannot be used; the message says which and why."""
+    """An argument of `load()` or a Runtime call that cannot be used; the message says which, why and the fix."""
+
+
+class InputTypeError(RuntimeInputError, TypeError):
+    """An argument of the wrong type. Both a RuntimeInputError (so a ValueError, as every bad argument here)
+    and the TypeError a caller would expect for it."""
+
+
+# The input contract (README, "Input contract"): what each public call takes, checked where it is called,
+# before a frame is preprocessed or an engine runs.
+MAX_NAME_CHARS = 200     # a class name is a word or short phrase; the text encoder reads ~max_length tokens of it
+
+
+def _got(value: Any) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 60 else text[:57] + '...'}"
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
+def check_text(value: Any, name: str) -> str:
+    """`value` as a str of valid Unicode (a caption, a question): a wrong type is an InputTypeError, a lone
+    surrogate (which no tokenizer can encode) a RuntimeInputError. Control characters are allowed: the caption
+    parser reads them as spaces (runtime.priors.clean_caption), and the captioner's byte-level tokenizer encodes
+    any valid Unicode."""
+    from runtime.decode import invalid_unicode
+
+    if not isinstance(value, str):
+        hint = ": pass its .text" if isinstance(getattr(value, "text", None), str) else ""
+        raise InputTypeError(f"{name} must be a str or None, got {_got(value)}{hint}")
+    bad = invalid_unicode(value)
+    if bad:
+        raise RuntimeInputError(f"{name} {bad}")
+    return value
 
 
 @dataclass
@@ -151,10 +195,11 @@ class Runtime:
         return self.text_cache(list(phrases))
 
     def parse_caption(self, caption: str):
+        """A caption (str) -> runtime.Priors: its objects, their attributes and the relations between them."""
         from runtime.nlp import load_nlp
         from runtime.priors import parse
 
-        return parse(caption, nlp=load_nlp(self.parser_model))
+        return parse(check_text(caption, "caption"), nlp=load_nlp(self.parser_model))
 
     def _span(self, name: str):
         """A profiler span for one stage, or a shared no-op when profiling is off."""
@@ -165,6 +210,16 @@ class Runtime:
         vocabulary (open vocabulary without candidate classes). With one, each prior object is mapped to
         the nearest class name (cosine >= `map_threshold`) and keyed by that name's embedding, so the
         caption's "puppy" steers queries to the class "dog"; unmapped objects keep their own embedding."""
+        from runtime.priors import Priors
+
+        if priors is not None and not isinstance(priors, Priors):
+            raise InputTypeError(f"priors must be the runtime.Priors of parse_caption(text), or None, got "
+                                 f"{_got(priors)}")
+        if vocabulary is not None:
+            vocabulary = check_vocabulary(vocabulary, self.max_vocab)
+        elif priors is None:
+            raise RuntimeInputError("embed() needs priors, a vocabulary or both: pass "
+                                    "embed(rt.parse_caption(text), vocabulary=[...])")
         with self._span("text"):
             return self._embed(priors, vocabulary)
 
@@ -242,9 +297,14 @@ class Runtime:
         Pass the ImageFeatures of `encode_image` to reuse its tower pass. Returns runtime.decode.Caption.
         Thread-safe: captions run one at a time (the caption worker's included), and a frame's tower pass
         is serialized with segment()'s."""
+        from runtime.decode import check_generation_options
+
         if self.captioner is None:
             raise RuntimeInputError("this build has no captioner: rebuild with one (the demo preset has a tiny "
                                     "one; others take --captioner DIR), or pass caption=...")
+        options = check_generation_options(options, "Runtime.caption()")
+        if question is not None:
+            self.captioner.check_question(check_text(question, "question"))
         if isinstance(frame, ImageFeatures):
             image = frame
         else:
@@ -266,6 +326,20 @@ class Runtime:
 
     def decode(self, image: ImageFeatures, emb: PriorEmbeddings, caption: str | None = None,
                priors=None) -> Segmentation:
+        """The segmenter on one frame's ImageFeatures (encode_image) and its PriorEmbeddings (embed)."""
+        from runtime.priors import Priors
+
+        if not isinstance(image, ImageFeatures):
+            raise InputTypeError(f"image must be the ImageFeatures of encode_image(frame), got {_got(image)}")
+        if image.segmenter_input is None or image.vision_hidden_states is None:
+            raise RuntimeInputError("these ImageFeatures carry no segmenter input (a caption worker's copy): pass "
+                                    "the ImageFeatures of encode_image(frame)")
+        if not isinstance(emb, PriorEmbeddings):
+            raise InputTypeError(f"emb must be the PriorEmbeddings of embed(priors, vocabulary), got {_got(emb)}")
+        if caption is not None:
+            check_text(caption, "caption")
+        if priors is not None and not isinstance(priors, Priors):
+            raise InputTypeError(f"priors must be a runtime.Priors or None, got {_got(priors)}")
         t0 = time.perf_counter()
         feeds = {SEGMENTER.frame: image.segmenter_input, SEGMENTER.vision_hidden_states: image.vision_hidden_states,
                  SEGMENTER.object_embeddings: emb.objects[None], SEGMENTER.attribute_embeddings: emb.attributes[None],
@@ -304,9 +378,12 @@ class Runtime:
 
         Thread-safe: concurrent calls are serialized by a lock (frame indices follow the order they ran in)."""
         if vocabulary is not None:
-            check_vocabulary(vocabulary)
-        if caption is not None and not isinstance(caption, str):
-            raise RuntimeInputError(f"caption must be a str, got {type(caption).__name__}")
+            vocabulary = check_vocabulary(vocabulary, self.max_vocab)   # a generator is read here, once
+        if caption is not None:
+            caption = check_text(caption, "caption")
+            if vocabulary is None and not any(ch.isalpha() for ch in caption):
+                raise RuntimeInputError(f"no vocabulary was given and the caption {caption[:80]!r} names no objects: "
+                                        f"pass vocabulary=[...] class names, or a caption that names some")
         if vocabulary is None and caption is None and self.captioner is None and self.captioning is None:
             raise RuntimeInputError("pass vocabulary=[class names], caption='a description of the frame', or both "
                                     "(this build has no captioner)")
@@ -408,10 +485,23 @@ class Runtime:
         replaces the build's captioner (default: `self.caption(features, question, **options)`).
         Returns the AsyncCaptioner; stop with stop_captioning() or close()."""
         from runtime.captioning import AsyncCaptioner, CaptionPolicy
+        from runtime.decode import check_generation_options
 
+        check_policy(policy, "policy")
+        if caption_fn is not None and not callable(caption_fn):
+            raise InputTypeError(f"caption_fn must be a function ImageFeatures -> Caption | str, or None (the "
+                                 f"build's captioner), got {_got(caption_fn)}")
+        if caption_fn is not None and (question is not None or options):
+            given = ["question"] * (question is not None) + sorted(options)
+            raise RuntimeInputError(f"{', '.join(given)} go{'es' if len(given) == 1 else ''} to the build's "
+                                    f"captioner, which caption_fn replaces: drop {'it' if len(given) == 1 else 'them'}, "
+                                    f"or pass {'it' if len(given) == 1 else 'them'} inside caption_fn")
         if caption_fn is None:
             if self.captioner is None:
                 raise RuntimeInputError("this build has no captioner to run asynchronously: pass caption_fn=...")
+            options = check_generation_options(options, "Runtime.start_captioning()")
+            if question is not None:
+                self.captioner.check_question(check_text(question, "question"))
 
             def caption_fn(features: ImageFeatures):
                 return self.caption(features, question, **options)
@@ -457,19 +547,112 @@ class Runtime:
         return f"Runtime({str(self.folder)!r}, backend={self.backend!r}, preset={self.manifest.preset_name!r})"
 
 
-def check_vocabulary(vocabulary: Sequence[str]) -> list[str]:
-    """A list of unique, non-empty class names (duplicates dropped, order kept)."""
-    if isinstance(vocabulary, str):
-        raise RuntimeInputError(f"vocabulary must be a list of class names, got the string {vocabulary!r}: "
-                                f"pass [{vocabulary!r}]")
-    names = list(vocabulary)
+def check_vocabulary(vocabulary: Iterable[str], max_names: int | None = None) -> list[str]:
+    """The class names as a list: unique (duplicates dropped, order kept), surrounding whitespace stripped.
+
+    Takes a list, tuple or any other iterable of str (a generator is read once, here; at most `max_names` + 1
+    names are read from it); a str, bytes or a mapping is refused. Each name must be non-empty after
+    stripping, valid Unicode (no lone surrogate), free of control characters (a name is one line of text)
+    and at most MAX_NAME_CHARS long."""
+    if isinstance(vocabulary, (str, bytes)):
+        raise InputTypeError(f"vocabulary must be a list of class names, got the string {vocabulary!r}: "
+                             f"pass [{vocabulary!r}]")
+    try:
+        if isinstance(vocabulary, Mapping):
+            raise TypeError
+        names_in = iter(vocabulary)
+    except TypeError:
+        raise InputTypeError(f"vocabulary must be a list of class names (str) or None, got {_got(vocabulary)}: "
+                             f"pass e.g. vocabulary=['dog', 'couch']") from None
+    names = list(names_in if max_names is None else itertools.islice(names_in, max_names + 1))
     if not names:
         raise RuntimeInputError("vocabulary is empty: pass at least one class name, or vocabulary=None to use "
                                 "the caption's objects")
-    bad = [n for n in names if not isinstance(n, str) or not n.strip()]
-    if bad:
-        raise RuntimeInputError(f"vocabulary names must be non-empty strings, got {bad[:5]}")
-    return list(dict.fromkeys(n.strip() for n in names))
+    if max_names is not None and len(names) > max_names:
+        count = f"{len(vocabulary)}" if hasattr(vocabulary, "__len__") else f"over {max_names}"
+        raise RuntimeInputError(f"vocabulary has {count} names; this build takes at most {max_names}: pass fewer, "
+                                f"or rebuild with a larger range")
+    from runtime.decode import invalid_unicode
+
+    out = []
+    for i, name in enumerate(names):
+        if not isinstance(name, str):
+            raise InputTypeError(f"vocabulary[{i}] must be a str (a class name), got {_got(name)}: class names "
+                                 f"must be non-empty strings")
+        bad = invalid_unicode(name)
+        if bad:
+            raise RuntimeInputError(f"vocabulary[{i}] {bad}")
+        name = name.strip()
+        if not name:
+            raise RuntimeInputError(f"vocabulary[{i}] is empty or blank: class names must be non-empty strings; "
+                                    f"drop it")
+        control = next((ch for ch in name if unicodedata.category(ch) == "Cc"), None)
+        if control is not None:
+            raise RuntimeInputError(f"vocabulary[{i}] {name[:40]!r} holds the control character {control!r}: a "
+                                    f"class name is one line of text; remove it")
+        if len(name) > MAX_NAME_CHARS:
+            raise RuntimeInputError(f"vocabulary[{i}] is {len(name)} characters long; class names take at most "
+                                    f"{MAX_NAME_CHARS} (a word or a short phrase): shorten it")
+        out.append(name)
+    return list(dict.fromkeys(out))
+
+
+def check_policy(policy: Any, name: str = "captioning") -> None:
+    """None or a runtime.CaptionPolicy (its own fields are checked when it is made)."""
+    from runtime.captioning import CaptionPolicy
+
+    if policy is not None and not isinstance(policy, CaptionPolicy):
+        raise InputTypeError(f"{name} must be a runtime.CaptionPolicy or None, got {_got(policy)}: pass e.g. "
+                             f"{name}=runtime.CaptionPolicy(every_frames=30, scene_change=0.15)")
+
+
+_LOAD_ARGUMENTS = ("path", "backend", "threads", "cache_size", "map_threshold", "parser_model", "warmup",
+                   "captioning", "verify")
+
+
+def _check_load_arguments(path, backend, threads, cache_size, map_threshold, parser_model, warmup, captioning,
+                          verify, engine_options: Mapping[str, Any]) -> None:
+    """load()'s input contract, checked before the folder is read."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise InputTypeError(f"path must be an artifact folder (str or os.PathLike), got {_got(path)}")
+    if not os.fspath(path):
+        raise RuntimeInputError("path is empty: pass the artifact folder build_engines.py wrote, e.g. "
+                                "runtime.load('artifacts/demo')")
+    if backend is not None and not isinstance(backend, str):
+        raise InputTypeError(f"backend must be one of {', '.join(BACKENDS)} or None (pick one), got {_got(backend)}")
+    if threads is not None:
+        if not _is_int(threads):
+            raise InputTypeError(f"threads must be an int >= 1 or None (the backend's default), got {_got(threads)}")
+        if threads < 1:
+            raise RuntimeInputError(f"threads must be >= 1, or None for the backend's default, got {threads}")
+    if not _is_int(cache_size):
+        raise InputTypeError(f"cache_size must be an int >= 0 (phrases kept; 0 turns the cache off), got "
+                             f"{_got(cache_size)}")
+    if cache_size < 0:
+        raise RuntimeInputError(f"cache_size must be >= 0 (phrases kept; 0 turns the cache off), got {cache_size}")
+    if not _is_real(map_threshold):
+        raise InputTypeError(f"map_threshold must be a number in [-1, 1] (a cosine similarity), got "
+                             f"{_got(map_threshold)}")
+    if not (math.isfinite(map_threshold) and -1.0 <= map_threshold <= 1.0):
+        raise RuntimeInputError(f"map_threshold is a cosine similarity and must be in [-1, 1] (default 0.5; 1 maps "
+                                f"only exact matches), got {map_threshold}")
+    if parser_model is not None:
+        if not isinstance(parser_model, (str, os.PathLike)):
+            raise InputTypeError(f"parser_model must be a spaCy pipeline name or path (str), or None (the build's), "
+                                 f"got {_got(parser_model)}")
+        if not os.fspath(parser_model).strip():
+            raise RuntimeInputError("parser_model is empty: pass a spaCy pipeline name such as 'en_core_web_sm', "
+                                    "or None for the one the build recorded")
+    if not isinstance(warmup, (bool, np.bool_)):
+        raise InputTypeError(f"warmup must be True or False, got {_got(warmup)}")
+    check_policy(captioning, "captioning")
+    if not isinstance(verify, str) or verify not in VERIFY_LEVELS:
+        raise RuntimeInputError(f"verify must be one of {', '.join(repr(v) for v in VERIFY_LEVELS)} (default 'fast'), "
+                                f"got {_got(verify)}")
+    if backend in BACKENDS:   # an unknown name is refused by load() itself
+        check_engine_options(backend, engine_options, "runtime.load()", also_known=_LOAD_ARGUMENTS)
+    else:
+        check_engine_options(None, engine_options, "runtime.load()", also_known=_LOAD_ARGUMENTS)
 
 
 def load(path: str | Path, backend: str | None = None, threads: int | None = None,
@@ -484,11 +667,21 @@ def load(path: str | Path, backend: str | None = None, threads: int | None = Non
     `captioning`: a runtime.captioning.CaptionPolicy turns on asynchronous captioning (after the warmup);
     None (default) keeps segment() captioning synchronously. `verify`: how the folder's files are checked
     against the manifest: "fast" (sizes and a fingerprint of at most 8 MiB per file), "full" (every byte's
-    sha256, as recorded at build) or "off" (see engines.contract.read_manifest)."""
+    sha256, as recorded at build) or "off" (see engines.contract.read_manifest). `engine_options`: the
+    backend's own (engines.base.ENGINE_OPTIONS: onnxruntime providers/spin, torch device, tensorrt
+    plugins/cuda_graph); any other keyword is an OptionError (a TypeError) naming it. Every argument is
+    checked before the folder is read (README, "Input contract")."""
+    _check_load_arguments(path, backend, threads, cache_size, map_threshold, parser_model, warmup, captioning,
+                          verify, engine_options)
     folder = Path(path)
     if backend is not None and backend not in BACKENDS:
         raise EngineError(f"unknown backend '{backend}': choose one of {', '.join(BACKENDS)}")
+    if parser_model is not None:
+        parser_model = os.fspath(parser_model)
     manifest = read_manifest(folder, verify=verify)
+    if captioning is not None and manifest.captioner is None:
+        raise RuntimeInputError(f"captioning={captioning!r} needs a captioner and the build in {folder} has none: "
+                                f"rebuild with one, or pass captioning=None and give segment() a vocabulary")
     if backend is None:
         # TensorRT where it is installed, a GPU is visible and the folder has engines; else the recorded
         # backend where installed; else ONNX Runtime, whose default providers prefer TensorRT / CUDA EPs.
@@ -505,6 +698,8 @@ def load(path: str | Path, backend: str | None = None, threads: int | None = Non
                 log.warning("artifacts were built for %s, which cannot run here (%s); using onnxruntime", recorded,
                             why if recorded == "tensorrt" else "not installed")
             backend = "onnxruntime"
+        # The options were checked against every backend's; now against the one chosen, which may not take them.
+        check_engine_options(backend, engine_options, "runtime.load()", also_known=_LOAD_ARGUMENTS)
     engines: dict[str, Engine] = {}
     try:
         for name, comp in manifest.components.items():

@@ -44,14 +44,36 @@ def visualize(frame: np.ndarray, segmentation, alpha: float = 0.5, legend: bool 
     present (most pixels first) at the top left and the caption (up to 3 lines) at the bottom, in white
     on black boxes."""
     from runtime.frames import FrameError, check_frame
+    from runtime.pipeline import InputTypeError, RuntimeInputError, check_text
 
+    # Every argument is checked before anything is drawn (README, "Input contract").
+    if isinstance(alpha, (bool, np.bool_)) or not isinstance(alpha, (int, float, np.integer, np.floating)):
+        raise InputTypeError(f"alpha must be a number in [0, 1] (the labels' opacity), got {type(alpha).__name__} "
+                             f"{alpha!r}")
+    if not 0.0 <= alpha <= 1.0:   # NaN fails this too
+        raise RuntimeInputError(f"alpha must be in [0, 1] (0: the frame alone, 1: the labels alone), got {alpha}")
+    if not isinstance(legend, (bool, np.bool_)):
+        raise InputTypeError(f"legend must be True or False, got {type(legend).__name__} {legend!r}")
     frame = check_frame(frame)
-    labels = segmentation.labels
+    labels, classes = getattr(segmentation, "labels", None), getattr(segmentation, "classes", None)
+    if not isinstance(labels, np.ndarray) or not isinstance(classes, (list, tuple)):
+        raise InputTypeError(f"segmentation must be the runtime.Segmentation that segment() returned, got "
+                             f"{type(segmentation).__name__}")
+    if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer):
+        raise RuntimeInputError(f"segmentation.labels must be an (H, W) integer label map, got {labels.dtype} "
+                                f"{labels.shape}")
     if labels.shape != frame.shape[:2]:
         raise FrameError(f"the segmentation's labels are {labels.shape[0]} x {labels.shape[1]} but the frame is "
                          f"{frame.shape[0]} x {frame.shape[1]}: pass the frame that was segmented")
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    if labels.size and (labels.min() < -1 or labels.max() >= len(classes)):
+        raise RuntimeInputError(f"segmentation.labels holds values in [{labels.min()}, {labels.max()}], but a label "
+                                f"is -1 (unlabeled) or an index into its {len(classes)} classes")
+    scores = getattr(segmentation, "scores", None)
+    if legend and scores is not None and len(scores) < len(classes):
+        raise RuntimeInputError(f"segmentation.scores has {len(scores)} values for {len(classes)} classes")
+    caption = getattr(segmentation, "caption", None)
+    if legend and caption is not None:
+        check_text(caption, "segmentation.caption")
     colors = palette(max(len(segmentation.classes), 1))
     labeled = labels >= 0
     color_map = colors[np.where(labeled, labels, 0)]
@@ -67,9 +89,9 @@ def visualize(frame: np.ndarray, segmentation, alpha: float = 0.5, legend: bool 
         score = float(segmentation.scores[idx]) if segmentation.scores is not None else 0.0
         cv2.rectangle(out, (x0, y0), (x1, y1), tuple(int(c) for c in colors[idx]), -1)
         _text(out, f"{name} {score:.2f}", (x1 + 8, y1), scale)
-    if segmentation.caption:
+    if caption:
         width = max(int((frame.shape[1] - 12) / (6.5 * scale)), 10)  # characters per row, about
-        rows = textwrap.wrap(segmentation.caption, width=width, max_lines=CAPTION_ROWS, placeholder=" ...")
+        rows = textwrap.wrap(caption, width=width, max_lines=CAPTION_ROWS, placeholder=" ...")
         for i, row in enumerate(rows):
             _text(out, row, (6, frame.shape[0] - 8 - (len(rows) - 1 - i) * line), scale)
     return out

@@ -132,7 +132,7 @@ def test_every_project_error_has_the_one_root():
 
     modules = [calibration.data, calibration.quantize, export.build_engines, export.precision, llmformer.captioner,
                llmformer.checkpoint, llmformer.data.cocostuff, runtime.evaluate]
-    classes = {TensorRTBuildError} | {c for c in map(runtime.__dict__.get, runtime.__all__) if inspect.isclass(c)}
+    classes = {TensorRTBuildError} | {c for c in (getattr(runtime, n) for n in runtime.__all__) if inspect.isclass(c)}
     classes |= {c for m in modules for _, c in inspect.getmembers(m, inspect.isclass) if c.__module__ == m.__name__}
     errors = {c for c in classes if issubclass(c, BaseException)}
     assert len(errors) >= 15
