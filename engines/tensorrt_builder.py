@@ -31,7 +31,7 @@ from typing import Callable, Sequence
 
 from engines.contract import (CLASS_AXIS, PHRASES_AXIS, PRIORS_AXIS, VOCAB_AXIS, ComponentEntry, Manifest,
                               TensorRTEngineEntry, file_entry)
-from engines.errors import EngineError
+from engines.errors import EngineError, LLMFormerError
 from engines.files import atomic_write_bytes, sha256_file
 
 PLUGINS_ENV = "LLMFORMER_PLUGINS"
@@ -226,24 +226,66 @@ def build_artifacts(folder: str | Path, manifest: Manifest, *, plugins: str | Pa
     return manifest
 
 
+class _UsageError(LLMFormerError, ValueError):
+    """The command line is wrong: exit status 2 (runtime.commands' policy; engines/ cannot import it)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        raise _UsageError(f"{message} (see {self.prog} --help)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m engines.tensorrt_builder", description=__doc__.split("\n\n")[0])
+    """The command: one `error: ...` line on stderr and exit status 2 for a wrong command line, 1 for a build
+    that failed, 130 on Ctrl-C; --debug or LLMFORMER_DEBUG=1 shows the traceback (runtime/commands.py's
+    policy, repeated here in small because engines/ imports nothing above it)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or os.environ.get("LLMFORMER_DEBUG", "").strip() not in ("", "0")
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (LLMFormerError, OSError) as exc:
+        if debug:
+            raise
+        text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
+        print(f"error: {text}", file=sys.stderr)
+        return 2 if isinstance(exc, _UsageError) else 1
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    ap = _Parser(prog="python -m engines.tensorrt_builder", description=__doc__.split("\n\n")[0])
     ap.add_argument("artifacts", type=Path, help="artifact folder made by export/build_engines.py")
     ap.add_argument("--plugins", type=Path, default=None, help=f"MSDA plugin library (default: ${PLUGINS_ENV})")
     ap.add_argument("--workspace-gb", type=float, default=DEFAULT_WORKSPACE / (1 << 30),
-                    help="TensorRT workspace limit in GiB (default 2: fits an 8 GB Orin Nano)")
+                    help="TensorRT workspace limit in GiB, > 0 (default 2: fits an 8 GB Orin Nano)")
     ap.add_argument("--timing-cache", type=Path, default=None, help="timing cache file, created when absent")
-    ap.add_argument("--components", nargs="*", default=None, help="only these components")
+    ap.add_argument("--components", nargs="+", default=None, help="only these components")
+    ap.add_argument("--debug", action="store_true", help="show the traceback of an error (also: LLMFORMER_DEBUG=1)")
     args = ap.parse_args(argv)
+    if not (args.artifacts / "manifest.json").is_file():
+        ap.error(f"{args.artifacts} is not an artifact folder (no manifest.json): build one with "
+                 f"`python export/build_engines.py --out {args.artifacts}`")
+    if not 0 < args.workspace_gb < float("inf"):
+        ap.error(f"--workspace-gb must be a number of GiB > 0, got {args.workspace_gb}")
+    if args.plugins is not None and not args.plugins.is_file():
+        ap.error(f"--plugins {args.plugins} is not a file (the MSDA plugin library, {PLUGIN_LIBRARY})")
+    if args.timing_cache is not None and args.timing_cache.is_dir():
+        ap.error(f"--timing-cache {args.timing_cache} is a folder: name a file, e.g. {args.timing_cache / 'timing.cache'}")
 
     from engines.base import backend_importable
     from engines.contract import read_manifest, write_manifest
 
     if not backend_importable("tensorrt"):
-        print("error: TensorRT is not installed here; engines are built on the device that runs them "
-              "(JetPack 6 ships TensorRT 10.3)", file=sys.stderr)
-        return 2
+        raise EngineError("TensorRT is not installed here; engines are built on the device that runs them "
+                          "(JetPack 6 ships TensorRT 10.3)")
     manifest = read_manifest(args.artifacts, verify="full")
+    unknown = sorted(set(args.components or ()) - set(manifest.components))
+    if unknown:
+        ap.error(f"--components {' '.join(unknown)}: not in {args.artifacts} (it has {', '.join(manifest.components)})")
     build_artifacts(args.artifacts, manifest, plugins=args.plugins, workspace=int(args.workspace_gb * (1 << 30)),
                     timing_cache=args.timing_cache or args.artifacts / "timing.cache", components=args.components)
     write_manifest(args.artifacts, manifest)

@@ -659,11 +659,14 @@ def write_safetensors(path: Path, tensors: dict[str, _Tensor]) -> None:
 # ------------------------------------------------------------------------------------------ command
 
 def parse_args(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--src", type=Path, required=True, help="the original LLaVA-Phi checkpoint folder")
-    ap.add_argument("--out", type=Path, required=True, help="the converted folder (must not exist, or be empty)")
-    ap.add_argument("--vision-tower", type=Path, default=None,
+    from runtime.commands import CommandParser, existing_folder, output_folder
+
+    ap = CommandParser(prog="python export/convert_llava.py", description=__doc__.split("\n\n")[0],
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--src", type=existing_folder, required=True, help="the original LLaVA-Phi checkpoint folder")
+    ap.add_argument("--out", type=output_folder, required=True,
+                    help="the converted folder (must not exist, or be empty)")
+    ap.add_argument("--vision-tower", type=existing_folder, default=None,
                     help="local CLIP folder for the checkpoint's mm_vision_tower (default: mm_vision_tower itself)")
     ap.add_argument("--conv-mode", default=None, choices=sorted(CONV_MODES),
                     help="the conversation template (default: the checkpoint's conv_mode, else phi-2_v0)")
@@ -671,13 +674,17 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
-    """The command: one `error: ...` line on stderr and exit status 2 for anything the user can fix."""
+    """The command: one `error: ...` line on stderr; exit status 2 for a wrong command line or a checkpoint
+    that cannot be converted (what the user can fix), 1 for a failed run (a full disk); --debug shows the
+    traceback (runtime/commands.py)."""
+    from runtime.commands import run_command
+
+    return run_command(_main, argv, usage=(LlavaConversionError,))
+
+
+def _main(argv) -> int:
     args = parse_args(argv)
-    try:
-        convert_llava(args.src, args.out, args.vision_tower, args.conv_mode)
-    except (LLMFormerError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    convert_llava(args.src, args.out, args.vision_tower, args.conv_mode)
     print(f"next: python export/build_engines.py --captioner {args.out} --out DIR")
     return 0
 

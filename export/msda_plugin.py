@@ -21,7 +21,6 @@ plugin or for mmdeploy's are converted with
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import sys
@@ -415,18 +414,39 @@ def save_model_atomic(model: onnx.ModelProto, path: Path) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m export.msda_plugin", description=__doc__.split("\n\n")[0])
+    """The command: one `error: ...` line on stderr; exit status 2 for a wrong command line or a source that is
+    not a graph this can rewrite, 1 for a failed run; --debug shows the traceback (runtime/commands.py)."""
+    from runtime.commands import run_command
+
+    return run_command(_main, argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    from google.protobuf.message import DecodeError
+
+    from runtime.commands import CommandError, CommandParser, UsageError, existing_file, output_file
+
+    ap = CommandParser(prog="python -m export.msda_plugin", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
     rw = sub.add_parser("rewrite", help=f"convert {PLUGIN_OP} and {MMDEPLOY_OP} nodes into the llmformer plugin")
-    rw.add_argument("source", type=Path)
-    rw.add_argument("target", type=Path)
+    rw.add_argument("source", type=existing_file, help="an ONNX graph")
+    rw.add_argument("target", type=output_file, help="where the rewritten graph goes (written atomically)")
     args = ap.parse_args(argv)
 
-    if not args.source.is_file():
-        print(f"error: {args.source} does not exist", file=sys.stderr)
-        return 2
-    model, counts = rewrite_msda_nodes(onnx.load(str(args.source)))
-    onnx.checker.check_model(model)
+    try:
+        model = onnx.load(str(args.source))
+    except (DecodeError, ValueError) as exc:
+        raise UsageError(f"{args.source} is not an ONNX model ({type(exc).__name__}: {exc})") from exc
+    if not model.graph.node:
+        raise UsageError(f"{args.source} is not an ONNX model (no graph nodes)")
+    try:
+        model, counts = rewrite_msda_nodes(model)
+    except ValueError as exc:  # a node this rewrite cannot map; the message names it
+        raise UsageError(f"cannot rewrite {args.source}: {exc}") from exc
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as exc:
+        raise CommandError(f"the rewritten graph fails onnx.checker: {exc}") from exc
     save_model_atomic(model, args.target)
     print(f"{args.target}: {counts[PLUGIN_OP]} {PLUGIN_OP} and {counts[MMDEPLOY_OP]} {MMDEPLOY_OP} node(s) now "
           f"{PLUGIN_DOMAIN}::{PLUGIN_OP} (namespace '{PLUGIN_NAMESPACE}', version {PLUGIN_VERSION}); "

@@ -20,9 +20,14 @@ backlog (`--no-drop` processes every frame); files are read frame by frame.
 
 Captions: with a captioner in the build and no --caption, captions are refreshed asynchronously (every
 --caption-every frames and on a scene change) and the loop never waits for them once the first exists;
-with a --vocabulary it does not wait for the first either. Ctrl-C, `q`/Esc in the window, --max-frames
-and the end of the stream all stop the loop cleanly: outputs are finalized, the caption worker joined,
-the capture released, and the runtime closed.
+with a --vocabulary it does not wait for the first either. `--caption-every 0` runs no captioner at all:
+the frames are segmented with the --vocabulary alone. Ctrl-C, `q`/Esc in the window, --max-frames and the
+end of the stream all stop the loop cleanly: outputs are finalized, the caption worker joined, the capture
+released, and the runtime closed.
+
+Failures: one `error: ...` line on stderr, exit status 2 for a wrong command line (checked before anything
+opens: option ranges, a missing artifact folder or video file, an output that cannot be written) and 1 for a
+failed run (a camera that does not open, a backend that is not installed); --debug shows the traceback.
 """
 from __future__ import annotations
 
@@ -41,6 +46,8 @@ import cv2
 import numpy as np
 
 from engines.errors import LLMFormerError
+from runtime.commands import (CommandParser, UsageError, artifact_folder, bounded, output_file, output_folder,
+                              run_command)
 from runtime.frames import FrameError, to_rgb
 from runtime.profiling import NULL_SPAN
 
@@ -366,19 +373,40 @@ def run_loop(rt, frames: Iterable[np.ndarray], vocabulary: list[str] | None = No
 
 # -- command line -------------------------------------------------------------------------------------
 def add_runtime_args(ap: argparse.ArgumentParser) -> None:
-    """The arguments the camera loop and the profiler share."""
-    ap.add_argument("artifacts", type=Path, help="artifact folder (export/build_engines.py --out)")
+    """The arguments the camera loop and the profiler share. Every value is checked here, when the command
+    line is parsed (a usage error, exit status 2), before anything is opened or loaded."""
+    ap.add_argument("artifacts", type=artifact_folder, help="artifact folder (export/build_engines.py --out)")
     ap.add_argument("--backend", default=None, choices=["onnxruntime", "torch", "tensorrt"])
-    ap.add_argument("--threads", type=int, default=None, help="intra-op threads per engine")
-    ap.add_argument("--vocabulary", default=None,
+    ap.add_argument("--threads", type=bounded(int, 1), default=None, help="intra-op threads per engine (>= 1)")
+    ap.add_argument("--vocabulary", type=vocabulary_option, default=None,
                     help="comma-separated class names (default: the captions' objects)")
-    ap.add_argument("--caption", default=None, help="a fixed caption for every frame (no captioner runs)")
-    ap.add_argument("--caption-every", type=int, default=30,
-                    help="refresh the caption every N frames, asynchronously (0: no captioner)")
-    ap.add_argument("--scene-change", type=float, default=0.15,
-                    help="also refresh on a scene change of this cosine distance (0: off)")
-    ap.add_argument("--caption-timeout", type=float, default=30.0, help="drop captions slower than this (s)")
+    ap.add_argument("--caption", type=caption_option, default=None,
+                    help="a fixed caption for every frame (no captioner runs)")
+    ap.add_argument("--caption-every", type=bounded(int, 0), default=30,
+                    help="refresh the caption every N frames, asynchronously; 0: no captioner runs, frames are "
+                         "segmented with --vocabulary (or --caption) alone")
+    ap.add_argument("--scene-change", type=bounded(float, 0, 2, what="a cosine distance"), default=0.15,
+                    help="also refresh on a scene change of this cosine distance, in (0, 2] (0: off)")
+    ap.add_argument("--caption-timeout", type=bounded(float, 0, low_open=True), default=30.0,
+                    help="drop captions slower than this (s, > 0)")
     ap.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+
+
+def vocabulary_option(text: str) -> str:
+    """argparse type of --vocabulary: the text, once it is known to name at least one class."""
+    try:
+        parse_vocabulary(text)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--vocabulary ")) from None
+    return text
+
+
+def caption_option(text: str) -> str:
+    """argparse type of --caption: a description with at least one word."""
+    if not any(ch.isalpha() for ch in text):
+        raise argparse.ArgumentTypeError(f"the caption {text!r} is empty or has no words: describe the frame, "
+                                         f"e.g. 'a dog on a couch', or leave --caption out")
+    return text
 
 
 def parse_vocabulary(text: str | None) -> list[str] | None:
@@ -386,83 +414,112 @@ def parse_vocabulary(text: str | None) -> list[str] | None:
         return None
     names = [n.strip() for n in text.split(",") if n.strip()]
     if not names:
-        raise SystemExit(f"--vocabulary {text!r} names no class: pass comma-separated names, e.g. dog,couch")
+        raise UsageError(f"--vocabulary {text!r} names no class: pass comma-separated names, e.g. dog,couch")
     return names
+
+
+# The caption segment() gets with --caption-every 0: it names no objects, so the frame is segmented with the
+# vocabulary alone and the build's captioner is never asked (caption=None would caption synchronously).
+NO_CAPTION = ""
 
 
 def start_runtime(args: argparse.Namespace):
     """runtime.load() with the shared arguments, asynchronous captioning started as they say. Returns
-    (Runtime, vocabulary)."""
+    (Runtime, vocabulary, caption): the caption to pass to segment()/run_loop (args.caption, NO_CAPTION with
+    --caption-every 0, else None: the captioner's). An impossible combination is a UsageError."""
     import runtime
     from runtime.captioning import CaptionPolicy
 
     vocabulary = parse_vocabulary(args.vocabulary)
+    caption = args.caption
+    if caption is None and args.caption_every == 0:
+        if vocabulary is None:
+            raise UsageError("--caption-every 0 runs no captioner: pass --vocabulary and/or --caption")
+        caption = NO_CAPTION
     rt = runtime.load(args.artifacts, backend=args.backend, threads=args.threads)
     try:
-        if args.caption is None and args.caption_every > 0:
+        if caption is None:
             if rt.captioner is None:
                 if vocabulary is None:
-                    raise SystemExit("this build has no captioner: pass --vocabulary and/or --caption")
+                    raise UsageError(f"{args.artifacts} has no captioner: pass --vocabulary and/or --caption")
                 log.warning("this build has no captioner: segmenting with the vocabulary alone")
             else:
                 rt.start_captioning(CaptionPolicy(
                     every_frames=args.caption_every, scene_change=args.scene_change or None,
                     first_frame="wait" if vocabulary is None else "vocabulary", timeout_s=args.caption_timeout))
-        elif args.caption is None and vocabulary is None:
-            raise SystemExit("--caption-every 0 runs no captioner: pass --vocabulary and/or --caption")
     except BaseException:
         rt.close()
         raise
-    return rt, vocabulary
+    return rt, vocabulary, caption
+
+
+def check_source(source: str, option: str = "--source") -> None:
+    """The usage errors of a source argument, found before anything is opened: an empty one, a video file
+    that does not exist."""
+    try:
+        kind, value = parse_source(source)
+    except SourceError as exc:
+        raise UsageError(f"{option}: {exc}") from None
+    if kind == "file" and not Path(value).is_file():
+        raise UsageError(f"{option}: video file {value} does not exist (a camera is an index like 0, a stream a "
+                         f"URL like rtsp://host/path)")
+
+
+def video_file(text: str) -> Path:
+    """argparse type of --out-video: a writable file name with a suffix VideoSink knows."""
+    path = output_file(text)
+    if path.suffix.lower() not in VideoSink.FOURCC:
+        raise argparse.ArgumentTypeError(f"{path}: use a .avi (MJPG), .mp4 or .mkv file name")
+    return path
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    """The command; one `error:` line and status 2 (usage) or 1 (run) on failure (runtime.commands)."""
+    return run_command(_main, argv)
+
+
+def _main(argv) -> int:
+    ap = CommandParser(prog="python -m runtime.camera", description=__doc__.split("\n\n")[0],
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     add_runtime_args(ap)
     ap.add_argument("--source", default="0", help="camera index, video file, stream URL or GStreamer pipeline")
-    ap.add_argument("--max-frames", type=int, default=None)
+    ap.add_argument("--max-frames", type=bounded(int, 1), default=None, help="stop after N frames (>= 1)")
     ap.add_argument("--display", action="store_true",
                     help="show overlays in a window, q/Esc quits (the default when no output is given)")
     ap.add_argument("--headless", action="store_true",
                     help="never open a window; with no --out-video/--out-dir only statistics are printed")
-    ap.add_argument("--out-video", type=Path, default=None, help="write overlays to a video (.avi: MJPG)")
-    ap.add_argument("--out-dir", type=Path, default=None, help="write overlays as PNGs to this folder")
-    ap.add_argument("--fps", type=float, default=None, help="output video frame rate (default: the source's)")
+    ap.add_argument("--out-video", type=video_file, default=None, help="write overlays to a video (.avi: MJPG)")
+    ap.add_argument("--out-dir", type=output_folder, default=None, help="write overlays as PNGs to this folder")
+    ap.add_argument("--fps", type=bounded(float, 0, low_open=True), default=None,
+                    help="output video frame rate, > 0 (default: the source's)")
     ap.add_argument("--no-drop", action="store_true", help="process every frame of a live source")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(message)s")
     if args.display and args.headless:
         ap.error("--display and --headless exclude each other")
-    if args.max_frames is not None and args.max_frames < 1:
-        ap.error("--max-frames must be >= 1")
+    if args.caption_every == 0 and args.caption is None and args.vocabulary is None:
+        ap.error("--caption-every 0 runs no captioner: pass --vocabulary and/or --caption")
+    check_source(args.source)
     display = args.display or not (args.headless or args.out_video or args.out_dir)
 
-    try:
-        source = FrameSource.open(args.source, latest=False if args.no_drop else None)
-    except SourceError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    source = FrameSource.open(args.source, latest=False if args.no_drop else None)
     sinks: list[Any] = []
     try:
         with source:
             if display:
-                sinks.append(DisplaySink())
+                try:
+                    sinks.append(DisplaySink())
+                except SourceError as exc:  # fixed on the command line: --headless
+                    raise UsageError(str(exc)) from exc
             if args.out_video is not None:
                 sinks.append(VideoSink(args.out_video, args.fps or source.fps or 30.0))
             if args.out_dir is not None:
                 sinks.append(PngSink(args.out_dir))
-            rt, vocabulary = start_runtime(args)
+            rt, vocabulary, caption = start_runtime(args)
             with rt:
                 print(f"{rt}: {args.source} -> {', '.join(type(s).__name__ for s in sinks) or 'no output'}")
-                stats = run_loop(rt, source, vocabulary, args.caption, sinks, args.max_frames)
-    except (SourceError, FrameError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:  # while loading; the loop itself stops cleanly on Ctrl-C
-        print("interrupted", file=sys.stderr)
-        return 130
+                stats = run_loop(rt, source, vocabulary, caption, sinks, args.max_frames)
     finally:
         for sink in sinks:  # run_loop closed them already, except where it never ran
             sink.close()

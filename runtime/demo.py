@@ -8,10 +8,12 @@ preset ships them) they are synthetic validation scenes with ground truth: the b
 each one, the caption's priors guide the segmenter over the scenes' class names, and each frame's pixel
 accuracy is printed beside the caption. A build with random weights has generated frames with scripted
 captions instead.
+
+Failures: one `error: ...` line on stderr, exit status 2 for a wrong command line (a missing artifact folder,
+an --out that cannot be written, --frames < 1) and 1 for a failed run; --debug shows the traceback.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -19,7 +21,9 @@ import cv2
 import numpy as np
 
 import runtime
+from runtime.commands import CommandError, CommandParser, artifact_folder, bounded, output_folder, run_command
 from runtime.visualize import visualize
+
 
 def read_sample(folder: Path, sample) -> tuple[np.ndarray, np.ndarray | None]:
     """A build's sample frame (H, W, 3) uint8 RGB and its labels (H, W) uint8, 255 = ignore (None without)."""
@@ -29,12 +33,19 @@ def read_sample(folder: Path, sample) -> tuple[np.ndarray, np.ndarray | None]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("artifacts", nargs="?", default="artifacts/demo", type=Path)
-    ap.add_argument("--out", type=Path, default=Path("demo_out"))
-    ap.add_argument("--frames", type=int, default=4, help="frames to segment (the build's samples, cycled)")
-    ap.add_argument("--backend", default=None)
-    ap.add_argument("--threads", type=int, default=None)
+    """The command; one `error:` line and status 2 (usage) or 1 (run) on failure (runtime.commands)."""
+    return run_command(_main, argv)
+
+
+def _main(argv) -> int:
+    ap = CommandParser(prog="python -m runtime.demo", description=__doc__.split("\n\n")[0])
+    ap.add_argument("artifacts", nargs="?", default="artifacts/demo", type=artifact_folder,
+                    help="artifact folder (default artifacts/demo: `python export/build_engines.py` writes it)")
+    ap.add_argument("--out", type=output_folder, default="demo_out", help="folder for the overlay PNGs")
+    ap.add_argument("--frames", type=bounded(int, 1), default=4,
+                    help="frames to segment (the build's samples, cycled), >= 1")
+    ap.add_argument("--backend", default=None, choices=["onnxruntime", "torch", "tensorrt"])
+    ap.add_argument("--threads", type=bounded(int, 1), default=None, help="intra-op threads per engine (>= 1)")
     args = ap.parse_args(argv)
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -43,9 +54,8 @@ def main(argv=None) -> int:
         random = [n for n, c in rt.manifest.components.items() if c.random_weights]
         samples = rt.manifest.samples
         if not samples:
-            print(f"error: {args.artifacts} has no sample frames (built before they were added): rebuild it with "
-                  f"`python export/build_engines.py --out {args.artifacts}`", file=sys.stderr)
-            return 2
+            raise CommandError(f"{args.artifacts} has no sample frames (built before they were added): rebuild it "
+                               f"with `python export/build_engines.py --out {args.artifacts}`")
         scored = samples[0].labels is not None
         trained = scored and not random and rt.captioner is not None
         print(f"{rt}: {args.frames} {'synthetic validation scenes' if scored else 'generated frames'} -> {args.out}/")
@@ -63,7 +73,8 @@ def main(argv=None) -> int:
             else:
                 tail = f"   {[seg.classes[c] for c in np.unique(seg.labels[seg.labels >= 0])]}"
             path = args.out / f"frame_{i:03d}.png"
-            cv2.imwrite(str(path), cv2.cvtColor(visualize(frame, seg), cv2.COLOR_RGB2BGR))
+            if not cv2.imwrite(str(path), cv2.cvtColor(visualize(frame, seg), cv2.COLOR_RGB2BGR)):
+                raise CommandError(f"cannot write {path}: is the folder writable and the disk not full?")
             print(f"{i:<7}" + "".join(f"{seg.timings.get(s, 0.0):12.1f}" for s in stages) + tail)
         if random:
             print(f"note: {', '.join(random)} have random weights, so the masks are not meaningful yet")

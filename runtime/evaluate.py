@@ -23,10 +23,13 @@ For each folder it reports mIoU and pixel accuracy in three settings:
 and, for the captioner, caption exact-match against the scene's canonical caption and object-prior F1
 (the parsed caption's object names against the scene's objects and background, as multisets).
 Torch-free: it runs wherever the runtime runs (a Jetson included).
+
+Failures: one `error: ...` line on stderr, exit status 2 for a wrong command line or scene folder (checked
+before the runtime loads: a missing artifact folder, an unreadable scenes.json, a --json that cannot be
+written) and 1 for a failed run; --debug shows the traceback.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -38,6 +41,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from engines.errors import LLMFormerError
+from runtime.commands import CommandParser, artifact_folder, bounded, existing_folder, output_file, run_command
 
 IGNORE = 255
 SCENES_FILE = "scenes.json"
@@ -76,7 +80,9 @@ class SceneFolder:
         if not (isinstance(self.classes, list) and self.classes and all(isinstance(c, str) for c in self.classes)):
             raise SceneFolderError(f"{path}: classes must be a non-empty list of names")
         self.split = str(meta.get("split", self.folder.name))
-        self.ignore = int(meta.get("ignore", IGNORE))
+        self.ignore = meta.get("ignore", IGNORE)
+        if not isinstance(self.ignore, int) or isinstance(self.ignore, bool) or not 0 <= self.ignore <= 255:
+            raise SceneFolderError(f"{path}: ignore must be a label value in 0..255, got {self.ignore!r}")
         self.records = meta.get("scenes")
         if not isinstance(self.records, list) or not self.records:
             raise SceneFolderError(f"{path}: scenes must be a non-empty list")
@@ -202,29 +208,31 @@ def summary_line(split: str, r: dict[str, Any]) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("artifacts", type=Path)
-    ap.add_argument("--data", type=Path, nargs="+", required=True, metavar="SCENE_FOLDER",
+    """The command; one `error:` line and status 2 (usage, a bad scene folder) or 1 (run) on failure."""
+    return run_command(_main, argv, usage=(SceneFolderError,))
+
+
+def _main(argv) -> int:
+    ap = CommandParser(prog="python -m runtime.evaluate", description=__doc__.split("\n\n")[0])
+    ap.add_argument("artifacts", type=artifact_folder)
+    ap.add_argument("--data", type=existing_folder, nargs="+", required=True, metavar="SCENE_FOLDER",
                     help="scene folders (see above; `python -m llmformer.data.scene_folder` writes the synthetic ones)")
-    ap.add_argument("--scenes", type=int, default=None, help="evaluate only the first N scenes of each folder")
+    ap.add_argument("--scenes", type=bounded(int, 1), default=None,
+                    help="evaluate only the first N scenes of each folder (>= 1)")
     ap.add_argument("--backend", default=None, choices=("onnxruntime", "torch", "tensorrt"))
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--json", type=Path, default=None, help="write the results here")
+    ap.add_argument("--threads", type=bounded(int, 1), default=None, help="intra-op threads per engine (>= 1)")
+    ap.add_argument("--json", type=output_file, default=None, help="write the results here")
     args = ap.parse_args(argv)
     import runtime
 
     results: dict[str, Any] = {"artifacts": str(args.artifacts)}
-    try:
-        folders = [SceneFolder(d, args.scenes) for d in args.data]  # every folder checked before any work
-        with runtime.load(args.artifacts, backend=args.backend, threads=args.threads) as rt:
-            results["backend"] = rt.backend
-            results["precision"] = rt.manifest.precision
-            for data in folders:
-                r = results[data.split] = evaluate_folder(rt, data)
-                print(summary_line(data.split, r), flush=True)
-    except LLMFormerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    folders = [SceneFolder(d, args.scenes) for d in args.data]  # every folder checked before any work
+    with runtime.load(args.artifacts, backend=args.backend, threads=args.threads) as rt:
+        results["backend"] = rt.backend
+        results["precision"] = rt.manifest.precision
+        for data in folders:
+            r = results[data.split] = evaluate_folder(rt, data)
+            print(summary_line(data.split, r), flush=True)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2) + "\n")

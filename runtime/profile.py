@@ -12,6 +12,10 @@ over all engines (`engine_io_bytes_per_frame`, captioning included) and per gene
 (`caption_io_bytes_per_token`: the decode loop only, the KV cache staying on the device). The Chrome trace
 (--trace) shows both threads side by side: open it in https://ui.perfetto.dev. On a GPU with the `nvtx` package,
 `nsys profile python -m runtime.profile ...` shows the same stages as NVTX ranges.
+
+Failures: one `error: ...` line on stderr, exit status 2 for a wrong command line (checked before anything
+runs: option ranges, a missing artifact folder or video, a --json/--trace path that cannot be written) and 1
+for a failed run; --debug shows the traceback.
 """
 from __future__ import annotations
 
@@ -26,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from engines.errors import ManifestError
-from runtime.camera import FrameSource, SourceError, add_runtime_args, run_loop, start_runtime
+from runtime.camera import FrameSource, SourceError, add_runtime_args, check_source, run_loop, start_runtime
+from runtime.commands import CommandParser, bounded, output_file, run_command
 from runtime.profiling import (Profiler, device_memory, engine_io, host_memory, io_per_frame, machine, open_fds,
                                os_threads, stats_dict)
 
@@ -157,43 +161,46 @@ def _bytes(n: float | None) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    """The command; one `error:` line and status 2 (usage) or 1 (run) on failure (runtime.commands)."""
+    return run_command(_main, argv)
+
+
+def _main(argv) -> int:
+    ap = CommandParser(prog="python -m runtime.profile", description=__doc__.split("\n\n")[0],
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     add_runtime_args(ap)
-    ap.add_argument("--frames", type=int, default=100, help="frames measured (after --warmup)")
-    ap.add_argument("--warmup", type=int, default=5, help="frames run before measuring")
+    ap.add_argument("--frames", type=bounded(int, 1), default=100, help="frames measured (after --warmup), >= 1")
+    ap.add_argument("--warmup", type=bounded(int, 0), default=5, help="frames run before measuring, >= 0")
     src = ap.add_mutually_exclusive_group()
     src.add_argument("--video", default=None, help="a video file (every frame in order)")
-    src.add_argument("--camera", type=int, default=None, help="a camera index (newest frame each time)")
+    src.add_argument("--camera", type=bounded(int, 0), default=None, help="a camera index (newest frame each time)")
     ap.add_argument("--size", type=_size, default=(360, 480), help="HxW of generated frames")
     ap.add_argument("--no-overlay", action="store_true", help="do not draw overlays")
-    ap.add_argument("--json", type=Path, default=None, help="write the report here")
-    ap.add_argument("--trace", type=Path, default=None, help="write a Chrome trace here (Perfetto)")
+    ap.add_argument("--json", type=output_file, default=None, help="write the report here")
+    ap.add_argument("--trace", type=output_file, default=None, help="write a Chrome trace here (Perfetto)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(message)s")
-    if args.frames < 1 or args.warmup < 0:
-        ap.error("--frames must be >= 1 and --warmup >= 0")
+    if args.json is not None and args.trace is not None and args.json.resolve() == args.trace.resolve():
+        ap.error(f"--json and --trace name the same file {args.json}")
+    if args.video is not None:
+        check_source(args.video, "--video")
 
     source = None
-    try:
-        if args.video is not None or args.camera is not None:
-            source = FrameSource.open(args.video if args.video is not None else args.camera)
-            frames: Iterator[np.ndarray] = iter(source)
-        else:
-            scenes, names = sample_frames(args.artifacts, args.size)
-            if args.vocabulary is None and args.caption is None:
-                args.vocabulary = ",".join(names)
-                print(f"generated frames; vocabulary: {args.vocabulary}")
-            frames = generated_frames(scenes)
-    except (SourceError, ManifestError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    if args.video is not None or args.camera is not None:
+        source = FrameSource.open(args.video if args.video is not None else args.camera)
+        frames: Iterator[np.ndarray] = iter(source)
+    else:
+        scenes, names = sample_frames(args.artifacts, args.size)
+        if args.vocabulary is None and args.caption is None and names:
+            args.vocabulary = ",".join(names)
+            print(f"generated frames; vocabulary: {args.vocabulary}")
+        frames = generated_frames(scenes)
     prof = Profiler()
     try:
-        rt, vocabulary = start_runtime(args)
+        rt, vocabulary, caption = start_runtime(args)
         with rt:
-            report = profile(rt, frames, args.frames, vocabulary, args.caption, args.warmup,
+            report = profile(rt, frames, args.frames, vocabulary, caption, args.warmup,
                              overlay=not args.no_overlay, profiler=prof)
     finally:
         if source is not None:

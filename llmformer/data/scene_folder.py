@@ -9,7 +9,6 @@ image and one label PNG per scene.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -45,20 +44,24 @@ def write_scene_folder(folder: str | Path, split: str, count: int, size: int = 2
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("out", type=Path, help="folder to write (created; must not hold a scenes.json)")
+    """The command: one `error: ...` line on stderr; exit status 2 for a wrong command line or a folder that
+    already holds scenes, 1 for a failed run (a full disk); --debug shows the traceback (runtime/commands.py)."""
+    from runtime.commands import run_command
+
+    return run_command(_main, argv, usage=(FileExistsError,))
+
+
+def _main(argv) -> int:
+    from runtime.commands import CommandParser, bounded, output_folder
+
+    ap = CommandParser(prog="python -m llmformer.data.scene_folder", description=__doc__.split("\n\n")[0])
+    ap.add_argument("out", type=output_folder, help="folder to write (created; must not hold a scenes.json)")
     ap.add_argument("--split", default="val", choices=SPLITS)
-    ap.add_argument("--scenes", type=int, default=100)
-    ap.add_argument("--size", type=int, default=256)
-    ap.add_argument("--seed", type=int, default=0, help="scene seed (the demo's training used 0)")
+    ap.add_argument("--scenes", type=bounded(int, 1), default=100, help="scenes to write, >= 1")
+    ap.add_argument("--size", type=bounded(int, 64), default=256, help="scene side in pixels, >= 64")
+    ap.add_argument("--seed", type=bounded(int, 0), default=0, help="scene seed, >= 0 (the demo's training used 0)")
     args = ap.parse_args(argv)
-    if args.scenes < 1 or args.size < 32:
-        ap.error("--scenes must be >= 1 and --size >= 32")
-    try:
-        write_scene_folder(args.out, args.split, args.scenes, args.size, args.seed)
-    except (FileExistsError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    write_scene_folder(args.out, args.split, args.scenes, args.size, args.seed)
     print(f"wrote {args.scenes} {args.split} scenes to {args.out}")
     return 0
 

@@ -7,7 +7,6 @@ gloo on CPU, NCCL on GPUs (one process per GPU). A run folder with train_state.s
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -16,19 +15,28 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
 def main(argv=None) -> int:
-    from llmformer.train.config import TrainConfig
+    """The command: one `error: ...` line on stderr; exit status 2 for a wrong command line or config, 1 for a
+    failed run (a data folder that cannot be read, a full disk); --debug shows the traceback
+    (runtime/commands.py)."""
+    from runtime.commands import run_command
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    return run_command(_main, argv)
+
+
+def _main(argv) -> int:
+    from llmformer.train.config import TrainConfig
+    from runtime.commands import CommandParser, UsageError, bounded
+
+    ap = CommandParser(prog="python -m llmformer.train", description=__doc__.split("\n\n")[0])
     ap.add_argument("config", help="a JSON run config")
-    ap.add_argument("--steps", type=int, default=None, help="override the config's steps")
+    ap.add_argument("--steps", type=bounded(int, 1), default=None, help="override the config's steps (>= 1)")
     ap.add_argument("--out", default=None, help="override the config's run folder")
     ap.add_argument("--vision-tower", dest="vision_tower", default=None, help="override the config's vision_tower")
     args = ap.parse_args(argv)
     try:
         cfg = TrainConfig.load(args.config, steps=args.steps, out=args.out, vision_tower=args.vision_tower)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except ValueError as exc:  # TrainConfig's: the file, the key and what is wrong
+        raise UsageError(str(exc)) from exc
     if cfg.task == "segmenter":
         from llmformer.train.segmenter import main as run
     else:
