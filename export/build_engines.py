@@ -1,43 +1,95 @@
 """Build an artifact folder: every component exported, checked, validated and listed in a manifest.
 
     python export/build_engines.py [--preset demo|edge|paper] [--out DIR] [--backend ...] [--opset N]
-                                   [--segmenter CKPT] [--vision-tower DIR] [--text-encoder DIR]
+                                   [--segmenter CKPT] [--vision-tower DIR] [--text-encoder DIR] [--force]
 
-With no weights given the preset is built with random weights, and the build says so. The folder is
-written through a staging folder beside it; the manifest goes in last, so a build killed half-way leaves
-the previous artifacts valid or no manifest at all.
+With no weights given the preset is built with random weights, and the build says so.
+
+Inputs are checked before any export work: a missing --segmenter / --text-encoder / --vision-tower /
+--captioner, a --segmenter that is not an llmformer-edge safetensors checkpoint (a pickle is named as one
+and never unpickled), --calib images that do not decode, an --out that is a file, not writable, or a
+folder that is not ours.
+
+The folder (`--out`) and how a build is published in it:
+
+    OUT/manifest.json        the one switch: lists every file of the live build, by paths inside OUT
+    OUT/builds/<build-id>/   one build's files (graphs, weights, tokenizer, captioner/, samples/)
+
+- A build is written into a new `builds/<build-id>/` (id: UTC time + random, so two never share one), then
+  published by one atomic `os.replace` of `manifest.json` (written to a temporary file and fsynced first,
+  with every staged file). Before the replace the folder loads as the previous build, after it as the new
+  one: at no instant is there a mix, or nothing, once a first build exists.
+- After the switch the build folders the new manifest does not reference are removed, and so are the
+  top-level files an older manifest listed (folders written before builds/ existed). A build holds
+  `OUT/.build.lock` (fcntl.flock, with its pid) from its first write to its last, so it cleans only what
+  no live build is writing: the `builds/` folders of killed builds, temporary manifests, and the
+  `.OUT.staging-*` folders earlier versions left beside OUT. A second build into the same OUT while one
+  runs is refused.
+- OUT is ours when it is missing, empty, holds only such leftovers, or holds a manifest of ours.
+  Anything else is refused, naming what is there, unless --force: then the build goes in beside those
+  files (in builds/ and manifest.json), and nothing the project did not write is ever deleted or
+  overwritten (a manifest.json or builds/ that is not ours is refused even with --force).
+
+Exit status of the command: 0 built (or verified); 2 a usage error, something given is wrong and the
+message says what to change (an option, a path, an input file, a folder that is not ours, a folder
+--verify finds altered: the LLMFormerErrors that are ValueError, TypeError, FileNotFoundError or
+ManifestError); 1 a runtime failure, the build ran and failed (an engine or TensorRT error, a build that
+failed its own checks, the disk, anything unexpected); 130 interrupted. Either way one `error: ...` line
+on stderr; `--debug` (or LLMFORMER_DEBUG=1) prints the traceback too.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import datetime as _dt
 import gc
 import importlib.metadata
+import json
 import os
 import platform
+import re
+import secrets
 import shutil
+import signal
 import sys
 import tempfile
 import time
-from pathlib import Path
+import traceback
+from pathlib import Path, PurePosixPath
+from typing import Callable
+
+try:
+    import fcntl
+except ImportError:       # Windows: builds into one folder are not serialized there
+    fcntl = None
 
 import numpy as np
 
 from engines.base import BACKENDS, backend_importable, create_engine
-from engines.contract import (CAPTIONER_DECODER, CAPTIONER_EMBED, CAPTIONER_VISION, MANIFEST_NAME, SEGMENTER,
+from engines.contract import (CAPTIONER_DECODER, CAPTIONER_EMBED, CAPTIONER_VISION, FORMAT, MANIFEST_NAME, SEGMENTER,
                               VISION_TOWER, CaptionerEntry, ComponentEntry, Manifest, Preprocess, Sample, TorchSource,
-                              file_entry, read_manifest, write_manifest)
-from engines.errors import LLMFormerError
+                              file_entry, read_manifest)
+from engines.errors import LLMFormerError, ManifestError
 
 PRECISIONS = ("fp32", "fp16", "int8")   # export/precision.py makes fp16 and int8 from the fp32 export
 TOKENIZER_FILE = "tokenizer.json"
 CAPTIONER_DIR = "captioner"  # the captioner checkpoint (transformers format), for the PyTorch backend
 SAMPLES_DIR = "samples"      # frames for runtime.demo and the profiler (see write_samples)
+BUILDS_DIR = "builds"        # OUT/builds/<build-id>/: one build's files (see the module docstring)
+LOCK_FILE = ".build.lock"    # OUT/.build.lock: held (flock) by the build writing OUT, holds its pid
+BUILD_ID = re.compile(r"\d{8}T\d{6}Z-[0-9a-f]{6}")   # what new_build_id() makes; nothing else is cleaned
+DEBUG_ENV = "LLMFORMER_DEBUG"             # =1: the command prints tracebacks
+KILL_ENV = "LLMFORMER_BUILD_KILL_AT"      # tests: SIGKILL the build at this step of publishing
+PUBLISH_STEPS = ("staged", "manifest-written", "switched", "cleaning", "cleaned")
 
 
 class BuildError(LLMFormerError, ValueError):
     """A build that cannot be made as asked; the message says which option to change."""
+
+
+class BuildCheckError(LLMFormerError, RuntimeError):
+    """The build ran, but what it made failed one of its own checks; nothing was published."""
 
 
 @dataclasses.dataclass
@@ -65,6 +117,8 @@ class BuildConfig:
     seed: int = 0
     skip_validation: bool = False
     verify: Path | None = None               # set: build nothing, check this folder's every byte instead
+    force: bool = False                      # build into a folder that is not ours, beside its files
+    debug: bool = False                      # main(): print tracebacks
 
 
 def log(msg: str) -> None:
@@ -132,6 +186,11 @@ def parse_args(argv=None) -> BuildConfig:
     ap.add_argument("--verify", type=Path, default=None, metavar="DIR",
                     help="build nothing: check every file of the artifact folder DIR against the sha256 recorded at "
                          "build (runtime.load checks sizes and fingerprints; this reads every byte)")
+    ap.add_argument("--force", action="store_true",
+                    help="build into an --out that holds other files (not an artifact folder), beside them: the "
+                         "build goes in builds/ and manifest.json, and nothing else there is touched")
+    ap.add_argument("--debug", action="store_true",
+                    help=f"on an error, print the traceback too (also: {DEBUG_ENV}=1)")
     return BuildConfig(**vars(ap.parse_args(argv)))
 
 
@@ -139,7 +198,11 @@ def build(args: BuildConfig, preset=None) -> Path:
     """Build the artifact folder `args.out`; `preset` overrides `args.preset` (tests pass tiny ones).
 
     Raises BuildError for options that cannot be built, and the project's other errors (CheckpointError,
-    CalibrationError, EngineError, ...) from the step that failed; all are LLMFormerErrors."""
+    CalibrationError, EngineError, ...) from the step that failed; all are LLMFormerErrors. The inputs and
+    --out are checked first, before any heavy import or export work."""
+    check_inputs(args)
+    target = OutFolder.check(Path(args.out or Path("artifacts") / (preset.name if preset is not None else args.preset)),
+                             force=args.force)
     import torch
 
     from export.components import (DEFAULT_RANGES, Component, segmenter_component, text_encoder_component,
@@ -154,21 +217,17 @@ def build(args: BuildConfig, preset=None) -> Path:
     from llmformer.vision_tower import VisionTower, build_vision_model
     from runtime.nlp import parser_model
 
-    if args.opset < 17:
-        raise BuildError(f"--opset {args.opset}: GridSample (MSDA) needs opset 16+, and this project builds 17+")
     backend = args.backend or default_backend()
     if backend == "tensorrt" and not backend_importable("tensorrt"):
         raise BuildError("--backend tensorrt: TensorRT is not installed here. TensorRT engines are built on the "
                          "target device; use --backend onnxruntime here")
-    if args.int8_tolerance is not None and (args.precision != "int8" or not 0 < args.int8_tolerance < 1):
-        raise BuildError(f"--int8-tolerance {args.int8_tolerance}: give a relative error in (0, 1), with --precision int8")
     if args.precision != "fp32" or args.llm_weights is not None:
         from export.precision import check_args
 
         # before any export: a bad --calib or --llm-block-size fails in a second
         check_args(args.precision, args.calib, args.llm_weights, args.llm_block_size)
     preset = preset or get_preset(args.preset)
-    out = Path(args.out or Path("artifacts") / preset.name)
+    out = target.path
     if args.vision_tower:
         preset = dataclasses.replace(preset, vision_tower=dataclasses.replace(preset.vision_tower,
                                                                               source=str(args.vision_tower)))
@@ -182,8 +241,7 @@ def build(args: BuildConfig, preset=None) -> Path:
         raise BuildError("--vision-tower and a captioner both bring a vision tower: the segmenter shares the "
                          "captioner's (one tower pass per frame); drop --vision-tower or pass --no-captioner")
     log(f"building preset '{preset.name}' -> {out} (backend {backend}, {args.precision}, opset {args.opset})")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.staging-"))
+    staging = target.open()    # OUT/builds/<build-id>/, written under the folder's lock
     try:
         random_parts = []
         t = time.perf_counter()
@@ -286,7 +344,7 @@ def build(args: BuildConfig, preset=None) -> Path:
                     entries[name].greedy_tokens_match_torch = same
                 log(f"  validated captioner greedy tokens ORT == PyTorch: {same} ({time.perf_counter() - t:.1f} s)")
                 if not same:
-                    raise BuildError("the exported captioner does not decode like PyTorch; not publishing")
+                    raise BuildCheckError("the exported captioner does not decode like PyTorch; not publishing")
         captioner = tower = tower_model = None   # the conversions below load the graphs, not the models
         gc.collect()
 
@@ -318,9 +376,9 @@ def build(args: BuildConfig, preset=None) -> Path:
 
             build_artifacts(staging, manifest, plugins=args.plugins, workspace=int(args.workspace_gb * (1 << 30)),
                             timing_cache=out.parent / "timing.cache", log=log)
-        publish(staging, out, manifest)
+        target.publish(manifest)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        target.close()         # an unpublished build's folder is removed, the lock released
     summary(out, entries)
     log(f"done in {time.perf_counter() - t_all:.1f} s: {out / MANIFEST_NAME}")
     return out
@@ -465,16 +523,374 @@ def validate(comp, onnx_path: Path) -> float:
     return float(max(np.abs(got[n] - r.numpy()).max() for n, r in zip(comp.names.outputs, ref)))
 
 
-def publish(staging: Path, out: Path, manifest: Manifest) -> None:
-    """Move the staged files into `out` and write the manifest last. The old manifest goes first, so
-    until the new one lands the folder reads as 'no finished build', never as a mix of two builds."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MANIFEST_NAME).unlink(missing_ok=True)
-    for f in staging.iterdir():
-        if f.is_dir() and (out / f.name).exists():
-            shutil.rmtree(out / f.name)
-        os.replace(f, out / f.name)
-    write_manifest(out, manifest)
+# ------------------------------------------------------------------------------------------------ input checks
+def check_inputs(args: BuildConfig) -> None:
+    """The command's inputs, checked in milliseconds before any export work (each part's own loader checks
+    the rest when it loads): every path exists and is of the right kind, the segmenter checkpoint is an
+    llmformer-edge safetensors file, the calibration images decode."""
+    if args.opset < 17:
+        raise BuildError(f"--opset {args.opset}: GridSample (MSDA) needs opset 16+, and this project builds 17+")
+    if args.int8_tolerance is not None and (args.precision != "int8" or not 0 < args.int8_tolerance < 1):
+        raise BuildError(f"--int8-tolerance {args.int8_tolerance}: give a relative error in (0, 1), with --precision int8")
+    if args.captioner is not None and args.no_captioner:
+        raise BuildError(f"--captioner {args.captioner} and --no-captioner contradict each other: drop one")
+    if args.segmenter is not None:
+        check_segmenter_file(Path(args.segmenter))
+    if args.text_encoder is not None:
+        check_model_folder(Path(args.text_encoder), "--text-encoder", "a text encoder (MiniLM/BERT or CLIP text) "
+                           "saved with save_pretrained() and a fast tokenizer", ("config.json", "tokenizer.json"))
+    if args.vision_tower is not None:
+        check_model_folder(Path(args.vision_tower), "--vision-tower", "a CLIP or SigLIP vision model saved with "
+                           "save_pretrained()", ("config.json",))
+    if args.captioner is not None:
+        check_model_folder(Path(args.captioner), "--captioner", "a LLaVA-Phi2 checkpoint in transformers' native "
+                           "format (convert a published one with export/convert_llava.py)", ("config.json",))
+    if args.calib is not None and (args.precision != "fp32" or args.llm_weights not in (None, "fp32")):
+        check_calib_images(Path(args.calib))
+
+
+def check_model_folder(path: Path, flag: str, what: str, needs: tuple[str, ...]) -> None:
+    if not path.exists():
+        raise BuildError(f"{flag} {path} does not exist: pass a local folder of {what}")
+    if not path.is_dir():
+        raise BuildError(f"{flag} {path} is a file, not a folder: pass the folder of {what}")
+    missing = [name for name in needs if not (path / name).is_file()]
+    if missing:
+        raise BuildError(f"{flag} {path} has no {' and no '.join(missing)}: pass a local folder of {what}")
+
+
+SAFETENSORS_MAX_HEADER = 100 << 20       # the safetensors format's own limit
+
+
+def check_segmenter_file(path: Path) -> None:
+    """`path` is an llmformer-edge segmenter checkpoint, judged from its first bytes and its JSON header:
+    a pickle (torch.save) is named as one and never unpickled (unpickling runs the file's code)."""
+    from llmformer.checkpoint import FORMAT as CHECKPOINT_FORMAT
+
+    flag, fix = f"--segmenter {path}", ("re-save the model, where you trust the file, with "
+                                        "llmformer.checkpoint.save_segmenter(model, 'segmenter.safetensors')")
+    if not path.exists():
+        raise BuildError(f"{flag} does not exist: pass a segmenter checkpoint (.safetensors) written by "
+                         f"llmformer.checkpoint.save_segmenter or `python -m llmformer.train`")
+    if path.is_dir():
+        raise BuildError(f"{flag} is a folder: pass the checkpoint file in it (e.g. {path / 'segmenter.safetensors'})")
+    if not os.access(path, os.R_OK):
+        raise BuildError(f"{flag} is not readable by this user: fix its permissions")
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        head = f.read(8)
+        pickled = ("a zip archive (torch.save's format: a pickle inside)" if head[:4] == b"PK\x03\x04" else
+                   "a Python pickle (torch.save's legacy format)" if head[:1] == b"\x80" else None)
+        if pickled:
+            raise BuildError(f"{flag} is {pickled}, not safetensors. It was not loaded: unpickling runs whatever "
+                             f"code the file holds, so this project never does; {fix}")
+        length = int.from_bytes(head, "little") if len(head) == 8 else -1
+        header = None
+        if 0 < length <= min(size - 8, SAFETENSORS_MAX_HEADER):
+            try:
+                header = json.loads(f.read(length))
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                pass
+    if not isinstance(header, dict):
+        raise BuildError(f"{flag} is not a safetensors file ({size} bytes, no safetensors header): it may be "
+                         f"truncated or in another format; {fix}")
+    meta = header.get("__metadata__") if isinstance(header.get("__metadata__"), dict) else {}
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        raise BuildError(f"{flag} is a safetensors file that llmformer-edge did not write (no '{CHECKPOINT_FORMAT}' "
+                         f"metadata, so no segmenter config); {fix}")
+    if meta.get("kind") != "segmenter":
+        raise BuildError(f"{flag} holds a '{meta.get('kind')}' checkpoint, not a segmenter: pass the segmenter's "
+                         f"file (segmenter.safetensors in a training run's folder)")
+
+
+def check_calib_images(folder: Path) -> None:
+    """Every calibration image decodes, checked in a moment (at 1/8 scale, which a JPEG decodes from its DC
+    coefficients alone) rather than after the export and FP32 recording that come before calibration."""
+    import cv2
+
+    from calibration.data import CAPTIONS_FILE, list_images, read_captions
+
+    images = list_images(folder)
+    bad = [p.name for p in images if cv2.imread(str(p), cv2.IMREAD_REDUCED_GRAYSCALE_8) is None]
+    if bad:
+        raise BuildError(f"--calib {folder}: {len(bad)} of {len(images)} images cannot be decoded: "
+                         f"{', '.join(bad[:10])}{' ...' if len(bad) > 10 else ''}; remove or re-encode them")
+    if (folder / CAPTIONS_FILE).is_file():
+        read_captions(folder / CAPTIONS_FILE)
+
+
+# ------------------------------------------------------------------------------------------------ publishing
+def new_build_id() -> str:
+    return f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{secrets.token_hex(3)}"
+
+
+def relocate(manifest: Manifest, move: Callable[[str], str]) -> Manifest:
+    """`manifest` with every path in it (its files, the captioner's PyTorch checkpoint folder) passed through
+    `move`, in place, each entry once."""
+    seen = set()
+    for item, key in [(e, "file") for e in manifest.files()] + [
+            (c.torch, "captioner") for c in manifest.components.values() if c.torch is not None]:
+        if id(item) not in seen:
+            seen.add(id(item))
+            setattr(item, key, move(getattr(item, key)))
+    return manifest
+
+
+def _fault(step: str) -> None:
+    """tests/test_build_safety.py sets KILL_ENV to one of PUBLISH_STEPS to SIGKILL the build there."""
+    if os.environ.get(KILL_ENV) == step:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _fsync(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:          # a folder on Windows
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _remove(path: Path) -> bool:
+    try:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+        return True
+    except OSError as exc:   # the build is published; a leftover is reported, not fatal
+        log(f"  note: could not remove {path} ({exc}); remove it by hand")
+        return False
+
+
+def _is_leftover(entry: Path) -> bool:
+    """A name a killed build of ours may leave in the folder (its lock, a temporary manifest, builds/)."""
+    if entry.name == LOCK_FILE or re.fullmatch(rf"\.{re.escape(MANIFEST_NAME)}\..+\.tmp", entry.name):
+        return True
+    return (entry.name == BUILDS_DIR and entry.is_dir() and not entry.is_symlink()
+            and all(d.is_dir() and BUILD_ID.fullmatch(d.name) for d in entry.iterdir()))
+
+
+def _says_ours(manifest_path: Path) -> bool:
+    try:
+        data = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(data, dict) and data.get("format") == FORMAT
+
+
+class OutFolder:
+    """The --out folder and the one build being written into it (layout and protocol: the module docstring).
+    `check()` before any work, `open()` for the staging folder, `publish(manifest)`, and `close()` always."""
+
+    def __init__(self, path: Path, force: bool = False):
+        self.path, self.force = Path(path), force
+        self.existed = self.path.exists()
+        self.build_id: str | None = None
+        self.staging: Path | None = None          # OUT/builds/<build_id>/
+        self.previous: Manifest | None = None     # the live build's manifest when this build began
+        self.published = False
+        self._made_builds = False
+        self._lock_fd: int | None = None
+
+    @classmethod
+    def check(cls, path: str | os.PathLike, force: bool = False) -> "OutFolder":
+        """BuildError unless a build can go into `path` (see `inspect`); nothing is written."""
+        folder = cls(Path(path), force)
+        folder.inspect()
+        return folder
+
+    def inspect(self) -> Manifest | None:
+        """The live build's manifest (None: none this code can read); BuildError when the folder is a file,
+        not writable, or not ours (see the module docstring), naming what is there."""
+        path, flag = self.path, f"--out {self.path}"
+        if not path.exists():
+            parent = path.parent
+            while not parent.exists() and parent != parent.parent:
+                parent = parent.parent
+            if path.is_symlink() or not parent.is_dir():
+                raise BuildError(f"{flag} cannot be created: {path if path.is_symlink() else parent} is "
+                                 f"{'a broken symlink' if path.is_symlink() else 'a file'}; choose another --out")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise BuildError(f"{flag} cannot be created: {parent} is not writable by this user; choose another "
+                                 f"--out")
+            return None
+        if not path.is_dir():
+            raise BuildError(f"{flag} is a file, not a folder: give the artifact folder's path (it is created when "
+                             f"missing)")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise BuildError(f"{flag} is not writable by this user: fix its permissions or choose another --out")
+        builds = path / BUILDS_DIR
+        if builds.is_symlink() or (builds.exists() and not builds.is_dir()):
+            raise BuildError(f"{flag}: {builds} is not a folder of ours, and a build needs that name: move it away "
+                             f"or choose another --out (files the project did not write are never overwritten, "
+                             f"even with --force)")
+        manifest_path = path / MANIFEST_NAME
+        if manifest_path.exists() or manifest_path.is_symlink():
+            try:
+                return read_manifest(path, verify="off")
+            except ManifestError as exc:
+                problem = str(exc).split("; ")[0]
+            if not _says_ours(manifest_path):
+                raise BuildError(f"{flag} holds a {MANIFEST_NAME} that llmformer-edge did not write, and a build "
+                                 f"would overwrite it: move it away or choose another --out (files the project did "
+                                 f"not write are never overwritten, even with --force)")
+            if not self.force:
+                raise BuildError(f"{flag} holds an llmformer-edge build this version cannot read ({problem}); pass "
+                                 f"--force to publish this build in its place (its files are left where they are)")
+            return None
+        foreign = sorted(e.name + ("/" if e.is_dir() else "") for e in path.iterdir() if not _is_leftover(e))
+        if foreign and not self.force:
+            shown = ", ".join(foreign[:6]) + (f" and {len(foreign) - 6} more" if len(foreign) > 6 else "")
+            raise BuildError(f"{flag} is not empty and holds no llmformer-edge build (it has {shown}): a build there "
+                             f"would mix with your files. Choose a new or empty folder, or pass --force to build "
+                             f"beside them (in {BUILDS_DIR}/ and {MANIFEST_NAME}; nothing there is deleted or "
+                             f"overwritten)")
+        return None
+
+    def open(self) -> Path:
+        """Take the folder's lock, check it again, remove what killed builds left, and make this build's
+        staging folder OUT/builds/<build-id>/ (returned)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._lock()
+        try:
+            self.previous = self.inspect()
+            # With a manifest this code cannot read (--force) the builds it references are unknown: keep them.
+            self._clean(self.previous, known=self.previous is not None or not (self.path / MANIFEST_NAME).exists())
+            builds = self.path / BUILDS_DIR
+            self._made_builds = not builds.exists()
+            self.build_id = new_build_id()
+            self.staging = builds / self.build_id
+            self.staging.mkdir(parents=True)
+        except BaseException:
+            self.close()
+            raise
+        return self.staging
+
+    def publish(self, manifest: Manifest) -> Manifest:
+        """Make the staged build the folder's live one: fsync its files, write the manifest (paths into
+        builds/<build-id>/) to a temporary file, replace manifest.json with it (the one atomic switch), then
+        remove what the new manifest does not reference. Returns the manifest as published."""
+        final = relocate(copy.deepcopy(manifest), lambda f: f"{BUILDS_DIR}/{self.build_id}/{f}")
+        _fault("staged")
+        for entry in final.files():
+            f = self.path / entry.file
+            if not f.is_file() or f.stat().st_size != entry.size:
+                raise BuildCheckError(f"{entry.file} is listed in the new manifest but is "
+                                      f"{'missing' if not f.is_file() else 'of another size'} in {self.staging}; "
+                                      f"not publishing")
+            _fsync(f)
+        for d in [self.staging, *(p for p in self.staging.rglob("*") if p.is_dir())]:
+            _fsync(d)
+        fd, tmp = tempfile.mkstemp(dir=self.path, prefix=f".{MANIFEST_NAME}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write((json.dumps(final.to_json(), indent=2) + "\n").encode())
+                f.flush()
+                os.fsync(f.fileno())
+            _fault("manifest-written")
+            os.replace(tmp, self.path / MANIFEST_NAME)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        _fsync(self.path)
+        self.published = True
+        _fault("switched")
+        self._clean(final, known=True, publishing=True)
+        _fault("cleaned")
+        return final
+
+    def _clean(self, live: Manifest | None, known: bool, publishing: bool = False) -> None:
+        """Remove, under the lock, what no live build needs: the build folders `live` does not reference (when
+        `known`), temporary manifests, the top-level files the previous manifest listed (a folder from before
+        builds/, or converted in place) once a new build is live, and the staging folders of older versions
+        beside the folder. Only names this code writes are candidates; a file the user put there stays."""
+        removed = 0
+
+        def remove(path: Path) -> None:
+            nonlocal removed
+            if _remove(path):
+                removed += 1
+                if publishing and removed == 1:
+                    _fault("cleaning")
+
+        listed = {e.file for e in live.files()} if live is not None else set()
+        keep = {PurePosixPath(f).parts[1] for f in listed if PurePosixPath(f).parts[0] == BUILDS_DIR}
+        builds = self.path / BUILDS_DIR
+        if known and builds.is_dir() and not builds.is_symlink():
+            for d in sorted(builds.iterdir()):
+                stale = BUILD_ID.fullmatch(d.name) and d.name not in keep and d.name != self.build_id
+                if stale and d.is_dir() and not d.is_symlink():
+                    remove(d)
+        for tmp in self.path.glob(f".{MANIFEST_NAME}.*.tmp"):
+            remove(tmp)
+        if publishing and self.previous is not None:
+            root, emptied = self.path.resolve(), set()
+            for name in sorted({e.file for e in self.previous.files()} - listed):
+                f = self.path / name
+                inside = f.parent.resolve().is_relative_to(root)
+                if PurePosixPath(name).parts[0] != BUILDS_DIR and inside and (f.is_file() or f.is_symlink()):
+                    remove(f)
+                    emptied.update(p for p in f.parents if p != self.path and p.is_relative_to(self.path))
+            for d in sorted(emptied, key=lambda p: len(p.parts), reverse=True):
+                if d.is_dir() and not any(d.iterdir()):
+                    _remove(d)
+        legacy = f".{self.path.name}.staging-"       # tempfile.mkdtemp's prefix before builds/ existed
+        for d in self.path.parent.iterdir():
+            if d.name.startswith(legacy) and d.is_dir() and not d.is_symlink():
+                remove(d)
+
+    def close(self) -> None:
+        """Remove an unpublished build's staging folder, release the lock, and remove the folder itself when
+        this build created it and leaves it empty. Safe to call twice."""
+        if self.staging is not None and not self.published:
+            shutil.rmtree(self.staging, ignore_errors=True)
+            if self._made_builds:
+                try:
+                    (self.path / BUILDS_DIR).rmdir()
+                except OSError:
+                    pass
+        self._unlock()
+        if not self.existed and not self.published:
+            try:
+                self.path.rmdir()
+            except OSError:
+                pass
+
+    def _lock(self) -> None:
+        """flock OUT/.build.lock (released by the kernel if this process dies), and write our pid in it."""
+        if fcntl is None:
+            return
+        path = self.path / LOCK_FILE
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+                os.close(fd)
+                raise BuildError(f"another build (pid {holder}) is writing --out {self.path} now: wait for it to "
+                                 f"finish, or build into another --out") from None
+            try:
+                current = os.stat(path).st_ino
+            except FileNotFoundError:
+                current = None
+            if current == os.fstat(fd).st_ino:
+                break
+            os.close(fd)     # its holder removed the file between our open and our lock: lock the new one
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            (self.path / LOCK_FILE).unlink(missing_ok=True)    # before the unlock: see the inode check in _lock
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
 
 def summary(out: Path, entries: dict[str, ComponentEntry]) -> None:
@@ -499,17 +915,37 @@ def verify_folder(folder: Path) -> None:
         f"({time.perf_counter() - t:.1f} s)")
 
 
+def exit_status(exc: BaseException) -> int:
+    """2 for a usage error (something given is wrong; the message says what to change), 1 for a runtime
+    failure (the build ran and failed): see the module docstring."""
+    usage = isinstance(exc, (ValueError, TypeError, FileNotFoundError, ManifestError))
+    return 2 if isinstance(exc, LLMFormerError) and usage else 1
+
+
 def main(argv=None) -> int:
-    """The command: one line on stderr and exit status 2 for anything the user can fix, never a traceback."""
+    """The command: exit status 0, 2 (usage) or 1 (runtime failure), as the module docstring says, with one
+    `error: ...` line on stderr; the traceback only with --debug or LLMFORMER_DEBUG=1."""
     config = parse_args(argv)
+    debug = config.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:
         if config.verify is not None:
             verify_folder(config.verify)
         else:
             build(config)
-    except LLMFormerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        if debug:
+            traceback.print_exc()
+        print("error: interrupted; the artifact folder keeps its previous build", file=sys.stderr)
+        return 130
+    except Exception as exc:  # an unexpected one too: one line, and the traceback with --debug
+        if debug:
+            traceback.print_exc()
+        status = exit_status(exc)
+        message = str(exc) if isinstance(exc, LLMFormerError) else f"the build failed: {type(exc).__name__}: {exc}"
+        if status == 1 and not debug:
+            message += f" (run with --debug or {DEBUG_ENV}=1 for the traceback)"
+        print(f"error: {' '.join(message.split())}", file=sys.stderr)
+        return status
     return 0
 
 

@@ -10,7 +10,7 @@ import pytest
 import runtime
 from conftest import ROOT, run_without_torch, tiny_preset
 from engines.errors import EngineError
-from engines.contract import MANIFEST_NAME
+from engines.contract import MANIFEST_NAME, read_manifest
 from engines.errors import ManifestError
 from export.build_engines import BuildError, build, parse_args
 from export.precision import PrecisionError
@@ -124,14 +124,14 @@ def test_bad_vocabulary_and_caption_are_clear_errors(tiny_artifacts, kwargs, mat
 
 
 def test_altered_file_is_named(tiny_copy):
-    with open(tiny_copy / "segmenter.onnx", "ab") as f:
+    with open(tiny_copy / read_manifest(tiny_copy).components["segmenter"].onnx.file, "ab") as f:
         f.write(b"\0")
     with pytest.raises(ManifestError, match="segmenter.onnx .*altered"):
         runtime.load(tiny_copy)
 
 
 def test_missing_file_is_named(tiny_copy):
-    (tiny_copy / "tokenizer.json").unlink()
+    (tiny_copy / read_manifest(tiny_copy).tokenizer.file).unlink()
     with pytest.raises(ManifestError, match="tokenizer.json .*missing"):
         runtime.load(tiny_copy)
 
@@ -324,19 +324,22 @@ def test_precision_flags_through_the_build_command(tmp_path):
     assert seg.labels.shape == (64, 64)
 
 
-def test_a_build_killed_while_publishing_leaves_no_manifest(tiny_copy, monkeypatch):
-    """Between removing the old manifest and writing the new one the folder reads as unfinished, never as
-    a mix of two builds that would pass the hash check."""
+def test_a_build_killed_before_the_switch_keeps_the_previous_build(tiny_copy, monkeypatch):
+    """Until manifest.json is replaced (one os.replace) the folder loads as the previous build, never as a mix
+    of two builds (tests/test_build_safety.py SIGKILLs a publish at every step)."""
     import export.build_engines as be
 
-    def killed(*a, **k):
-        raise KeyboardInterrupt("killed while moving files")
+    before = (tiny_copy / MANIFEST_NAME).read_text()
 
-    monkeypatch.setattr(be, "write_manifest", killed)
+    def killed(step):
+        if step == "manifest-written":
+            raise KeyboardInterrupt("killed before the switch")
+
+    monkeypatch.setattr(be, "_fault", killed)
     with pytest.raises(KeyboardInterrupt):
         build(parse_args(["--out", str(tiny_copy), "--seed", "4"]), preset=tiny_preset())
-    with pytest.raises(ManifestError, match="no finished build"):
-        runtime.load(tiny_copy)
+    assert (tiny_copy / MANIFEST_NAME).read_text() == before
+    runtime.load(tiny_copy, warmup=False).close()
 
 
 def test_closed_runtime_says_so(tiny_artifacts):

@@ -37,7 +37,8 @@ def test_manifest_round_trips_through_the_dataclasses(tiny_artifacts):
 
 
 def test_graph_names_are_fields_in_graph_order(tiny_artifacts):
-    model = onnx.load(str(tiny_artifacts / "segmenter.onnx"), load_external_data=False)
+    model = onnx.load(str(tiny_artifacts / read_manifest(tiny_artifacts).components["segmenter"].onnx.file),
+                      load_external_data=False)
     assert [i.name for i in model.graph.input] == list(SEGMENTER.inputs)
     assert [o.name for o in model.graph.output] == list(SEGMENTER.outputs)
     assert SEGMENTER.object_embeddings == "object_embeddings" != SEGMENTER.attribute_embeddings
@@ -74,9 +75,10 @@ def test_a_malformed_manifest_names_the_key(folder, edit, message):
 
 def test_a_symlink_out_of_the_folder_is_refused(folder, tmp_path):
     outside = tmp_path / "elsewhere.onnx"
-    shutil.copyfile(folder / "segmenter.onnx", outside)
-    (folder / "segmenter.onnx").unlink()
-    (folder / "segmenter.onnx").symlink_to(outside)
+    segmenter = folder / read_manifest(folder).components["segmenter"].onnx.file
+    shutil.copyfile(segmenter, outside)
+    segmenter.unlink()
+    segmenter.symlink_to(outside)
     with pytest.raises(ManifestError, match="points outside the artifact folder"):
         read_manifest(folder)
 
@@ -101,7 +103,7 @@ def test_load_checks_fingerprints_and_full_checks_every_byte(folder):
     data = json.loads((folder / MANIFEST_NAME).read_text())
     assert all(len(e["fingerprint"]) == 64 for e in [data["tokenizer"], data["components"]["segmenter"]["onnx"]])
     assert read_manifest(folder, verify="full").preset_name == "demo"
-    path = folder / "segmenter.onnx"                    # small: the fingerprint covers every byte
+    path = folder / read_manifest(folder).components["segmenter"].onnx.file   # small: the fingerprint reads it all
     raw = bytearray(path.read_bytes())
     raw[len(raw) // 2] ^= 0xFF
     path.write_bytes(raw)
@@ -109,7 +111,7 @@ def test_load_checks_fingerprints_and_full_checks_every_byte(folder):
         read_manifest(folder)
     with pytest.raises(ManifestError, match="segmenter.onnx .*sha256 mismatch"):
         read_manifest(folder, verify="full")
-    assert read_manifest(folder, verify="off").components["segmenter"].onnx.file == "segmenter.onnx"
+    assert folder / read_manifest(folder, verify="off").components["segmenter"].onnx.file == path
     path.write_bytes(bytes(raw[:-10]))
     with pytest.raises(ManifestError, match="segmenter.onnx .* bytes, the build wrote"):
         read_manifest(folder)
@@ -130,8 +132,9 @@ def test_a_folder_without_fingerprints_is_hashed_in_full(folder):
 def test_the_captioner_checkpoint_is_listed_once(tiny_artifacts):
     data = json.loads((tiny_artifacts / MANIFEST_NAME).read_text())
     listed = [e["file"] for e in data["captioner"]["checkpoint"]]
-    assert listed and all(f.startswith("captioner/") for f in listed)
-    assert "captioner/" not in json.dumps(data["components"]).replace('"captioner": "captioner"', "")
+    checkpoint = data["components"][CAPTIONER_DECODER.component]["torch"]["captioner"]   # the folder's path
+    assert listed and all(f.startswith(f"{checkpoint}/") for f in listed)
+    assert f"{checkpoint}/" not in json.dumps(data["components"])
 
 
 def test_verify_command_checks_every_byte(folder, capsys):
@@ -139,7 +142,7 @@ def test_verify_command_checks_every_byte(folder, capsys):
 
     assert main(["--verify", str(folder)]) == 0
     assert "match their sha256" in capsys.readouterr().out
-    (folder / "tokenizer.json").write_text("{}")
+    (folder / read_manifest(folder).tokenizer.file).write_text("{}")
     assert main(["--verify", str(folder)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and "tokenizer.json" in err[0]

@@ -118,7 +118,8 @@ def test_calibration_feeds_are_what_the_runtime_feeds(tiny_fp32, calib):
     s = pre[SEGMENTER.component]
     np.testing.assert_array_equal(seg["frame"], to_tensor(frame, s.size, s.mean, s.std))
     v = pre[VISION_TOWER.component]
-    hidden = run(tiny_fp32 / "vision_tower.onnx", [{"pixel_values": to_tensor(frame, v.size, v.mean, v.std)}])
+    hidden = run(tiny_fp32 / manifest.components[VISION_TOWER.component].onnx.file,
+                 [{"pixel_values": to_tensor(frame, v.size, v.mean, v.std)}])
     np.testing.assert_allclose(seg["vision_hidden_states"], hidden[0]["vision_hidden_states"], atol=1e-6)
     # The priors come from the parsed caption: real object embeddings, all valid.
     assert seg["prior_valid"].sum() >= 2 and np.abs(seg["object_embeddings"]).sum() > 0
@@ -131,7 +132,7 @@ def test_fp16_artifacts_keep_fp32_io_and_run(tiny_fp16, tiny_fp32):
     manifest = read_manifest(folder)  # hashes of the new graphs verified
     for name, entry in manifest.components.items():
         assert entry.precision == "fp16" and entry.onnx.file == f"{name}.fp16.onnx"
-        assert entry.onnx_fp32.file == f"{name}.onnx"
+        assert entry.onnx_fp32.file == read_manifest(tiny_fp32).components[name].onnx.file
         model = onnx.load(str(folder / entry.onnx.file))
         assert any(i.data_type == TensorProto.FLOAT16 for i in model.graph.initializer)
         float_io = [v for v in list(model.graph.input) + list(model.graph.output)
@@ -241,11 +242,12 @@ def test_int8_rebuild_uses_the_calibration_cache(tiny_int8, tiny_fp32, calib, mo
 def test_layers_that_lose_too_much_stay_fp32(tiny_fp32, calib, tmp_path):
     data = CalibrationSet.from_folder(calib)
     feeds = data.record(tiny_fp32, read_manifest(tiny_fp32))["vision_tower"]
-    full = convert(tiny_fp32 / "vision_tower.onnx", tmp_path / "all.onnx", "int8", "vision_tower", feeds,
+    fp32_graph = tiny_fp32 / read_manifest(tiny_fp32).components["vision_tower"].onnx.file
+    full = convert(fp32_graph, tmp_path / "all.onnx", "int8", "vision_tower", feeds,
                    log=lambda s: None)
     errors = sorted(row["isolated_rel_err"] for row in full["layers"])
     tolerance = errors[len(errors) // 2]
-    part = convert(tiny_fp32 / "vision_tower.onnx", tmp_path / "part.onnx", "int8", "vision_tower", feeds,
+    part = convert(fp32_graph, tmp_path / "part.onnx", "int8", "vision_tower", feeds,
                    layer_tolerance=tolerance, log=lambda s: None)
     worst = {row["layer"] for row in full["layers"] if row["isolated_rel_err"] > tolerance}
     assert set(part["excluded_layers"]) == worst and part["quantized_layers"] == len(errors) - len(worst)

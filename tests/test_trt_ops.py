@@ -36,7 +36,8 @@ def demo_graphs(tmp_path_factory):
     fp32 = root / "fp32"
     build(parse_args(["--out", str(fp32), "--skip-validation"]), preset=tiny_segmentation_preset("demo"))
     calib = write_frames(root / "calib", 2)
-    graphs = {f"fp32/{p.name}": p for p in fp32.glob("*.onnx")}
+    graphs = {f"fp32/{c.onnx.file.rsplit('/', 1)[-1]}": fp32 / c.onnx.file
+              for c in read_manifest(fp32).components.values()}
     for precision in ("fp16", "int8"):
         folder = root / precision
         shutil.copytree(fp32, folder)
