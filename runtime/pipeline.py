@@ -32,7 +32,7 @@ import numpy as np
 from engines.base import BACKENDS, DeviceTensor, Engine, backend_importable, check_engine_options, create_engine
 from engines.contract import (CAPTIONER_DECODER, CAPTIONER_EMBED, CAPTIONER_VISION, SEGMENTER, TEXT_ENCODER,
                               VERIFY_LEVELS, VISION_TOWER, Manifest, read_manifest)
-from engines.errors import EngineError, LLMFormerError
+from engines.errors import EngineError, LLMFormerError, ManifestError
 from runtime.frames import check_frame, semantic_map, to_pixels, to_tensor
 from runtime.profiling import NULL_SPAN
 
@@ -140,7 +140,11 @@ class Runtime:
 
         self.folder, self.manifest, self.backend, self.engines = folder, manifest, backend, engines
         self.max_length = manifest.max_length
-        self.tokenizer = Tokenizer.from_file(str(folder / manifest.tokenizer.file))
+        try:
+            self.tokenizer = Tokenizer.from_file(str(folder / manifest.tokenizer.file))
+        except Exception as exc:  # tokenizers raises a bare Exception ("EOF while parsing") that names no file
+            raise ManifestError(f"{folder / manifest.tokenizer.file} cannot be read as a tokenizer ({exc}); rebuild "
+                                f"with `python export/build_engines.py --out {folder}`") from exc
         self.tokenizer.enable_truncation(self.max_length)
         self.tokenizer.enable_padding(length=self.max_length)
         self.text_cache = CachedEncoder(self._encode_uncached, size=cache_size)

@@ -146,3 +146,19 @@ def test_verify_command_checks_every_byte(folder, capsys):
     assert main(["--verify", str(folder)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and "tokenizer.json" in err[0]
+
+
+def test_a_corrupt_tokenizer_whose_hash_matches_is_named(folder):
+    """A file that passes the integrity check but does not parse (written so by a broken build) is named."""
+    from engines.contract import file_entry
+
+    import runtime
+
+    manifest = read_manifest(folder)
+    path = folder / manifest.tokenizer.file
+    path.write_text('{"version": "1.0", "truncation": nu')
+    entry = file_entry(folder, manifest.tokenizer.file)
+    rewrite(folder, lambda m: m["tokenizer"].update(sha256=entry.sha256, size=entry.size,
+                                                     fingerprint=entry.fingerprint))
+    with pytest.raises(ManifestError, match=r"tokenizer\.json cannot be read as a tokenizer .*rebuild"):
+        runtime.load(folder, warmup=False)
