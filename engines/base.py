@@ -201,6 +201,11 @@ class DeviceTensor:
             raise EngineError(f"this tensor lives on {self.device}: call to_numpy() for a host copy")
         return self._host
 
+    def on_host(self) -> np.ndarray:
+        """The data as a numpy array: the tensor itself where it lives in host memory (no copy, nothing moved),
+        else a host copy (counted device -> host)."""
+        return self._host if self._host is not None else self.to_numpy()
+
     def _count(self, h2d: int = 0, d2h: int = 0, d2d: int = 0) -> None:
         if self._counter is not None:
             self._counter.add(h2d, d2h, d2d)
@@ -357,7 +362,7 @@ class Engine(ABC):
     def _run_bound(self, inputs: dict[str, Any], outputs: dict[str, DeviceTensor]) -> dict[str, DeviceTensor]:
         # Host staging through `__call__` (which counts every input and output): what an engine without its
         # own device path does. Tensors on a GPU come to the host first (counted by their engine).
-        feeds = {n: v if isinstance(v, np.ndarray) else v.host_view() if v.device == "cpu" else v.to_numpy()
+        feeds = {n: v if isinstance(v, np.ndarray) else v.on_host()
                  for n, v in inputs.items()}
         result = {}
         for name, array in self(feeds).items():

@@ -93,9 +93,10 @@ class ImageFeatures:
     vision_hidden_states: DeviceTensor | np.ndarray | None  # (n_layers, 1, T, C)
     image_embeds: DeviceTensor | np.ndarray | None = None   # (1, N, E_llm) for the captioner, same tower pass
     timings: dict[str, float] = field(default_factory=dict)
-    # (1, 3, S, S): the frame as the captioner was trained to see it, where that is not the segmenter's
-    # stretched square (a LLaVA checkpoint's pad-to-square): the captioner then gets a tower pass of its own.
-    caption_pixels: np.ndarray | None = None
+    # The checked RGB frame (not a copy), kept where the captioner was trained to see frames otherwise than
+    # the segmenter's stretched square (a LLaVA checkpoint's pad-to-square): a caption then preprocesses it
+    # its own way and pays a tower pass of its own, only when a caption is made.
+    rgb: np.ndarray | None = None
 
 
 @dataclass
@@ -270,11 +271,10 @@ class Runtime:
             # The tower and the captioner's vision graph name their input and hidden states alike; the outputs
             # stay on the engine's device for the segmenter and the captioner.
             out = self.engines[self.vision_name].run_bound({VISION_TOWER.pixel_values: pixels})
-        if self.caption_pre is None:
-            return ImageFeatures(rgb.shape[:2], seg_in, out[VISION_TOWER.vision_hidden_states],
-                                 out.get(CAPTIONER_VISION.image_embeds), {"preprocess": t_pre, "vision": _ms(t1)})
-        return ImageFeatures(rgb.shape[:2], seg_in, out[VISION_TOWER.vision_hidden_states], None,
-                             {"preprocess": t_pre, "vision": _ms(t1)}, to_pixels(rgb, self.caption_pre))
+        own_pass = self.caption_pre is not None   # the captioner sees the frame its own way (see _image_embeds)
+        return ImageFeatures(rgb.shape[:2], seg_in, out[VISION_TOWER.vision_hidden_states],
+                             None if own_pass else out.get(CAPTIONER_VISION.image_embeds),
+                             {"preprocess": t_pre, "vision": _ms(t1)}, rgb if own_pass else None)
 
     def _image_embeds(self, image: ImageFeatures, own: bool = False) -> DeviceTensor | np.ndarray:
         """The captioner's image embeddings of `image`: from the frame's tower pass, or from a pass of their
@@ -282,12 +282,12 @@ class Runtime:
         overwrite (for the caption worker), and leaving the frame's hidden states untouched."""
         vision = self.engines[CAPTIONER_VISION.component]
         if image.image_embeds is None:
-            if image.caption_pixels is None:
+            if image.rgb is None:
                 raise RuntimeInputError("these ImageFeatures carry no image embeddings: make them with encode_image()")
             # Every output bound to fresh tensors: the vision graph's static shapes, and the engine's own
             # buffers (the frame's hidden states, on TensorRT) stay as the segmenter left them.
             outputs = {s.name: vision.allocate(s.name, s.shape) for s in vision.outputs}
-            return vision.run_bound({CAPTIONER_VISION.pixel_values: image.caption_pixels},
+            return vision.run_bound({CAPTIONER_VISION.pixel_values: to_pixels(image.rgb, self.caption_pre)},
                                     outputs)[CAPTIONER_VISION.image_embeds]
         embeds = image.image_embeds
         if own and isinstance(embeds, DeviceTensor):
@@ -456,7 +456,7 @@ class Runtime:
         signature = None
         if captioning.policy.scene_change is not None:  # the hidden states come to the host only for this
             hidden = image.vision_hidden_states
-            signature = pooled_signature(hidden.to_numpy() if isinstance(hidden, DeviceTensor) else hidden)
+            signature = pooled_signature(hidden.on_host() if isinstance(hidden, DeviceTensor) else hidden)
         published, _ = captioning.step(index, payload, signature)
         if published is None and not has_vocabulary:
             err = captioning.worker.last_error
