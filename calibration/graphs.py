@@ -128,7 +128,7 @@ def save_onnx(model: onnx.ModelProto, path: str | Path, *, source_dir: str | Pat
                 else:
                     out.write(t.raw_data if t.HasField("raw_data") else
                               numpy_helper.from_array(numpy_helper.to_array(t)).raw_data)
-                _point_at(t, data_name, offset, out.tell() - offset)
+                point_at(t, data_name, offset, out.tell() - offset)
             out.flush()
             os.fsync(out.fileno())
         (tmp / path.name).write_bytes(model.SerializeToString())
@@ -174,7 +174,7 @@ def _external_path(tensor: TensorProto, source_dir: Path) -> Path:
     return path
 
 
-def _point_at(tensor: TensorProto, location: str, offset: int, length: int) -> None:
+def point_at(tensor: TensorProto, location: str, offset: int, length: int) -> None:
     """Make `tensor` a reference to `length` bytes at `offset` of `location` (its inline data dropped)."""
     for field in ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
         tensor.ClearField(field)

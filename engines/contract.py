@@ -618,14 +618,14 @@ class Manifest:
         tok = at.sub("tokenizer")
         priors = at.sub("priors", optional=True)
         captioner = at.sub("captioner", optional=True)
-        comps = at.sub("components")
+        comps, pre = at.sub("components"), at.sub("preprocess")
         manifest = cls(
             preset=preset, backend=at.get("backend", str, "onnxruntime"), precision=at.get("precision", str, "fp32"),
             opset=at.get("opset", int, 17), tokenizer=FileEntry.from_json(tok),
             max_length=tok.get("max_length", int, check=lambda n: n > 0, expect="a positive int"),
-            preprocess={name: Preprocess.from_json(at.sub("preprocess").sub(name))
+            preprocess={name: Preprocess.from_json(pre.sub(name))
                         for name in (VISION_TOWER.component, SEGMENTER.component, CAPTIONER_VISION.component)
-                        if name != CAPTIONER_VISION.component or at.sub("preprocess").has(name)},
+                        if name != CAPTIONER_VISION.component or pre.has(name)},
             components={name: ComponentEntry.from_json(comps.sub(name)) for name in comps.node},
             parser=None if priors is None else priors.get("parser", str, None),
             captioner=None if captioner is None else CaptionerEntry.from_json(captioner),

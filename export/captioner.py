@@ -322,6 +322,8 @@ def _stream_weights(onnx_path: Path, data_name: str, tensors: dict, keep_inputs:
     import onnx
     from onnx.helper import np_dtype_to_tensor_dtype
 
+    from calibration.graphs import DATA_ALIGNMENT, point_at
+
     model = onnx.load(str(onnx_path))
     with open(onnx_path.parent / data_name, "wb") as out:
         for value in list(model.graph.input):
@@ -330,14 +332,12 @@ def _stream_weights(onnx_path: Path, data_name: str, tensors: dict, keep_inputs:
             if value.name not in tensors:
                 raise RuntimeError(f"exported graph input '{value.name}' is neither a declared input nor a weight")
             array = tensors[value.name].detach().contiguous().numpy()
-            out.write(b"\0" * (-out.tell() % 4096))
+            out.write(b"\0" * (-out.tell() % DATA_ALIGNMENT))
             offset = out.tell()
             out.write(memoryview(array).cast("B"))
             tensor = onnx.TensorProto(name=value.name, data_type=np_dtype_to_tensor_dtype(array.dtype),
-                                      dims=array.shape, data_location=onnx.TensorProto.EXTERNAL)
-            for key, v in (("location", data_name), ("offset", offset), ("length", array.nbytes)):
-                entry = tensor.external_data.add()
-                entry.key, entry.value = key, str(v)
+                                      dims=array.shape)
+            point_at(tensor, data_name, offset, array.nbytes)
             model.graph.initializer.append(tensor)
             model.graph.input.remove(value)
     onnx.save(model, str(onnx_path))

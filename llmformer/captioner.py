@@ -510,11 +510,6 @@ def _cached_captioner(folder: str) -> Captioner:
     return load_captioner(folder)
 
 
-def release_captioners() -> None:
-    """Forget the models `captioner_part` loaded (the engines using them keep their own references)."""
-    _cached_captioner.cache_clear()
-
-
 def captioner_part(folder: str | Path, part: str, segmenter_layers: Sequence[int] = ()) -> nn.Module:
     """One deployable graph's module ('vision', 'embed' or 'decoder') of the checkpoint in `folder`; the
     three parts of one folder share one loaded model (what the PyTorch engine uses)."""
