@@ -29,7 +29,8 @@ from engines.files import atomic_write_bytes, fingerprint_file, sha256_file
 
 __all__ = [
     "PRIORS_AXIS", "VOCAB_AXIS", "CLASS_AXIS", "PHRASES_AXIS", "ComponentNames", "VISION_TOWER", "TEXT_ENCODER",
-    "SEGMENTER", "CAPTIONER_VISION", "CAPTIONER_EMBED", "CAPTIONER_DECODER", "TensorSpec", "FileEntry",
+    "SEGMENTER", "CAPTIONER_VISION", "CAPTIONER_EMBED", "CAPTIONER_DECODER", "FRAME_PREPROCESS", "SEMANTIC_MAP",
+    "FRAME_HEIGHT_AXIS", "FRAME_WIDTH_AXIS", "TensorSpec", "FileEntry",
     "TorchSource", "TensorRTEngineEntry", "ComponentEntry", "Preprocess", "CaptionerEntry", "Sample", "Manifest",
     "FORMAT", "FORMAT_VERSION", "MANIFEST_NAME", "read_manifest", "write_manifest", "file_entry",
 ]
@@ -40,6 +41,8 @@ PRIORS_AXIS = "priors"                            # objects parsed from the capt
 VOCAB_AXIS = "vocab"                              # class names, V
 CLASS_AXIS = "vocab_plus_no_object"               # V + 1
 PHRASES_AXIS = "phrases"                          # text-encoder batch
+FRAME_HEIGHT_AXIS = "frame_height"                # the caller's frame, H (frame graphs)
+FRAME_WIDTH_AXIS = "frame_width"                  # ... and W
 
 
 def _input(name: str):
@@ -149,12 +152,35 @@ class CaptionerDecoderNames(_Graph):
         return ComponentNames(self.component, self.inputs + self.past(n_layers), self.outputs + self.present(n_layers))
 
 
+# The frame graphs (issue 17): preprocessing and semantic inference on the engines' device, so a frame crosses
+# to the device once (uint8) and only labels and scores come back. Optional: a build without them (older, or
+# `--host-postprocess`) runs both stages in numpy/OpenCV (runtime/frames.py).
+@dataclass(frozen=True)
+class FramePreprocessNames(_Graph):
+    component: ClassVar[str] = "frame_preprocess"
+    image: str = _input("image")                                  # (1, H, W, 3) uint8 RGB, any H, W
+    pixel_values: str = _output(VisionTowerNames.pixel_values)    # (1, 3, S_v, S_v): the tower's input
+    frame: str = _output(SegmenterNames.frame)                    # (1, 3, S_s, S_s): the segmenter's input
+
+
+@dataclass(frozen=True)
+class SemanticMapNames(_Graph):
+    component: ClassVar[str] = "semantic_map"
+    mask_logits: str = _input(SegmenterNames.mask_logits)         # (1, Q, h, w) float32
+    class_logits: str = _input(SegmenterNames.class_logits)       # (1, Q, V+1) float32
+    image: str = _input(FramePreprocessNames.image)               # (1, H, W, 3) uint8: only its shape is read
+    labels: str = _output("labels")                               # (1, H, W) uint8 (V <= 256) or int32
+    scores: str = _output("scores")                               # (V,) float32, as runtime.frames.semantic_map
+
+
 VISION_TOWER = VisionTowerNames()
 TEXT_ENCODER = TextEncoderNames()
 SEGMENTER = SegmenterNames()
 CAPTIONER_VISION = CaptionerVisionNames()
 CAPTIONER_EMBED = CaptionerEmbedNames()
 CAPTIONER_DECODER = CaptionerDecoderNames()
+FRAME_PREPROCESS = FramePreprocessNames()
+SEMANTIC_MAP = SemanticMapNames()
 
 
 # ================================================================================================ reading JSON
@@ -378,6 +404,9 @@ class ComponentEntry:
     random_weights: bool = False
     max_abs_diff_vs_torch: float | None = None
     greedy_tokens_match_torch: bool | None = None
+    # The frame graphs' check against the host path (runtime/frames.py) at build: {"max_grey_levels": ...} for
+    # frame_preprocess, {"label_mismatch": share of pixels} for semantic_map (export/frame_graphs.py validate()).
+    max_diff_vs_host: dict[str, float] | None = None
     precision_report: dict[str, Any] | None = None
     onnx_fp32: FileEntry | None = None             # the FP32 graph `onnx` was converted from
     onnx_fp32_data_files: list[FileEntry] = field(default_factory=list)
@@ -387,7 +416,8 @@ class ComponentEntry:
     _FILES: ClassVar[tuple[str, ...]] = ("onnx", "weights", "onnx_fp32", "onnx_tensorrt", "tensorrt")
     _FILE_LISTS: ClassVar[tuple[str, ...]] = ("data_files", "onnx_fp32_data_files")
     _OPTIONAL: ClassVar[dict[str, type | tuple[type, ...]]] = {
-        "max_abs_diff_vs_torch": (float, int), "greedy_tokens_match_torch": bool, "precision_report": dict}
+        "max_abs_diff_vs_torch": (float, int), "greedy_tokens_match_torch": bool, "max_diff_vs_host": dict,
+        "precision_report": dict}
 
     def input(self, name: str) -> TensorSpec:
         return self._spec(self.inputs, name, "input")
@@ -580,6 +610,12 @@ class Manifest:
         """The per-frame vision graph: the captioner's (tower + projector) when the build has a captioner."""
         return CAPTIONER_VISION.component if self.captioner is not None else VISION_TOWER.component
 
+    @property
+    def frame_graphs(self) -> bool:
+        """Whether the build has the frame graphs (FRAME_PREPROCESS, SEMANTIC_MAP): frames are preprocessed and
+        postprocessed on the engines' device. Older builds and `--host-postprocess` builds have neither."""
+        return FRAME_PREPROCESS.component in self.components and SEMANTIC_MAP.component in self.components
+
     def files(self) -> Iterator[FileEntry]:
         yield self.tokenizer
         if self.captioner is not None:
@@ -638,6 +674,12 @@ class Manifest:
         """Every component this code runs is present, with the tensors it feeds and reads."""
         graphs = [TEXT_ENCODER, SEGMENTER]
         graphs += list(_CAPTIONER_GRAPHS) if self.captioner is not None else [VISION_TOWER]
+        frame = [g for g in (FRAME_PREPROCESS, SEMANTIC_MAP) if g.component in self.components]
+        if len(frame) == 1:
+            other = ({FRAME_PREPROCESS.component, SEMANTIC_MAP.component} - {frame[0].component}).pop()
+            raise ManifestError(f"{MANIFEST_NAME}: components.{other} is missing: the frame graphs come as a pair "
+                                f"({FRAME_PREPROCESS.component}, {SEMANTIC_MAP.component})")
+        graphs += frame
         for graph in graphs:
             comp = self.components.get(graph.component)
             if comp is None:

@@ -10,6 +10,9 @@ plugin_sha256, workspace_bytes, profiles}. Thin on purpose (parse, configure, bu
   the precision is the ONNX graph's (export/precision.py), never a builder flag;
 - **optimization profiles** from the manifest's shape ranges (`min_shape`/`max_shape` of each input), or the
   component's own `profiles` list when it has one (the captioner decoder's prefill and decode profiles);
+- TensorRT's **built-in plugins** (libnvinfer_plugin) registered before every parse: the ONNX parser builds some
+  standard ONNX nodes with them (ScatterElements with a `reduction`, which the semantic_map graph's scores use,
+  is the `ScatterElements` plugin, not a core layer), and an engine holding one needs them to deserialize;
 - the **MSDA plugin** library (plugins_trt/msda) loaded when the graph has plugin nodes: `--plugins` or the
   `LLMFORMER_PLUGINS` environment variable; a missing file is a clear error;
 - a **timing cache** file shared by builds (created when absent), and a configurable **workspace** limit (2 GiB by
@@ -29,8 +32,8 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-from engines.contract import (CLASS_AXIS, PHRASES_AXIS, PRIORS_AXIS, VOCAB_AXIS, ComponentEntry, Manifest,
-                              TensorRTEngineEntry, file_entry)
+from engines.contract import (CLASS_AXIS, FRAME_HEIGHT_AXIS, FRAME_WIDTH_AXIS, PHRASES_AXIS, PRIORS_AXIS, VOCAB_AXIS,
+                              ComponentEntry, Manifest, TensorRTEngineEntry, file_entry)
 from engines.errors import EngineError, LLMFormerError
 from engines.files import atomic_write_bytes, sha256_file
 
@@ -38,8 +41,11 @@ PLUGINS_ENV = "LLMFORMER_PLUGINS"
 PLUGIN_LIBRARY = "libllmformer_plugins.so"
 DEFAULT_WORKSPACE = 2 << 30
 ENGINE_SUFFIX = ".engine"
-# Opt sizes of the dynamic axes (the shapes TensorRT tunes for); clipped to each input's [min, max].
-OPT_AXES = {PRIORS_AXIS: 8, VOCAB_AXIS: 32, PHRASES_AXIS: 16, CLASS_AXIS: 33}
+# Opt sizes of the dynamic axes (the shapes TensorRT tunes for); clipped to each input's [min, max]. The frame
+# graphs' frame axes range over 1..2160 x 1..3840 (export/frame_graphs.py FRAME_RANGE) and are tuned for 720p, the
+# common camera size (without an entry the opt would be the max, 4K, and 720p would run kernels picked for it).
+OPT_AXES = {PRIORS_AXIS: 8, VOCAB_AXIS: 32, PHRASES_AXIS: 16, CLASS_AXIS: 33,
+            FRAME_HEIGHT_AXIS: 720, FRAME_WIDTH_AXIS: 1280}
 REBUILD = "rebuild the engines on this device with `python -m engines.tensorrt_builder {folder}`"
 
 
@@ -68,6 +74,19 @@ def plugin_sha256(path: Path) -> str:
 
 
 _loaded: dict[str, str] = {}
+_builtin_plugins = False
+
+
+def init_builtin_plugins(trt, logger) -> None:
+    """Register TensorRT's own plugins (libnvinfer_plugin) in the default namespace, once per process, before any
+    ONNX parse or engine deserialization: the parser imports ScatterElements with a `reduction` (the semantic_map
+    graph) as the `ScatterElements` plugin from this registry, and fails the node without it."""
+    global _builtin_plugins
+    if not _builtin_plugins:
+        if not trt.init_libnvinfer_plugins(logger, ""):
+            raise EngineError("TensorRT could not register its built-in plugins (libnvinfer_plugin): check that "
+                              "libnvinfer_plugin.so.10 is installed beside libnvinfer.so.10 (see the TensorRT log)")
+        _builtin_plugins = True
 
 
 def load_plugins(trt, logger, path: Path) -> str:
@@ -78,7 +97,7 @@ def load_plugins(trt, logger, path: Path) -> str:
     key = str(Path(path).resolve())
     if key in _loaded:
         return _loaded[key]
-    trt.init_libnvinfer_plugins(logger, "")
+    init_builtin_plugins(trt, logger)
     if "_dynamic" in Path(path).name:
         if trt.get_plugin_registry().load_library(str(path)) is None:
             raise EngineError(f"TensorRT could not load the plugin library {path} (see the TensorRT log above)")
@@ -170,6 +189,7 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, component: Comp
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)
     logger = trt.Logger(trt.Logger.WARNING)
     plugin_hash = None
+    init_builtin_plugins(trt, logger)
     if graph_needs_plugin(onnx_path):
         plugin_hash = load_plugins(trt, logger, plugin_library(plugins))
 

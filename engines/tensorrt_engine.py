@@ -32,8 +32,8 @@ import numpy as np
 from engines.base import CudaMemory, DeviceTensor, Engine
 from engines.contract import ComponentEntry, Manifest, TensorRTEngineEntry, TensorSpec
 from engines.errors import EngineError
-from engines.tensorrt_builder import (REBUILD, compute_capability, cuda_check, cudart, load_plugins, plugin_library,
-                                      plugin_sha256)
+from engines.tensorrt_builder import (REBUILD, compute_capability, cuda_check, cudart, init_builtin_plugins,
+                                      load_plugins, plugin_library, plugin_sha256)
 
 log = logging.getLogger("llmformer_edge")
 
@@ -68,6 +68,7 @@ class TensorRTEngine(Engine):
         if built.get("compute_capability") and built["compute_capability"] != here_cc:
             raise EngineError(f"{made}; {now}: {hint}")
         logger = trt.Logger(trt.Logger.WARNING)
+        init_builtin_plugins(trt, logger)   # an engine holding a built-in plugin (semantic_map's scatter) needs them
         if built.get("plugin_sha256"):
             library = plugin_library(plugins)
             if plugin_sha256(library) != built["plugin_sha256"]:

@@ -118,6 +118,7 @@ class BuildConfig:
     skip_validation: bool = False
     verify: Path | None = None               # set: build nothing, check this folder's every byte instead
     force: bool = False                      # build into a folder that is not ours, beside its files
+    host_postprocess: bool = False           # no frame graphs: frames are pre/postprocessed in numpy/OpenCV
     debug: bool = False                      # main(): print tracebacks
 
 
@@ -189,6 +190,9 @@ def parse_args(argv=None) -> BuildConfig:
     ap.add_argument("--force", action="store_true",
                     help="build into an --out that holds other files (not an artifact folder), beside them: the "
                          "build goes in builds/ and manifest.json, and nothing else there is touched")
+    ap.add_argument("--host-postprocess", action="store_true",
+                    help="build without the frame graphs (preprocessing and semantic inference on the engines' "
+                         "device): the runtime then resizes, normalizes and postprocesses frames in numpy/OpenCV")
     ap.add_argument("--debug", action="store_true",
                     help=f"on an error, print the traceback too (also: {DEBUG_ENV}=1)")
     return BuildConfig(**vars(ap.parse_args(argv)))
@@ -371,6 +375,9 @@ def build(args: BuildConfig, preset=None) -> Path:
                               cache_dir=args.calib_cache or out.parent / f"{out.name}.calibration_cache", log=log,
                               llm_weights=args.llm_weights, llm_block_size=args.llm_block_size, backend=backend,
                               **extra)
+        if not args.host_postprocess:
+            entries.update(export_frame_graphs(staging, manifest, args))
+            manifest.check_graphs()
         if backend == "tensorrt":
             from engines.tensorrt_builder import build_artifacts
 
@@ -381,6 +388,50 @@ def build(args: BuildConfig, preset=None) -> Path:
         target.close()         # an unpublished build's folder is removed, the lock released
     summary(out, entries)
     log(f"done in {time.perf_counter() - t_all:.1f} s: {out / MANIFEST_NAME}")
+    return out
+
+
+def export_frame_graphs(staging: Path, manifest: Manifest, args: BuildConfig) -> dict[str, ComponentEntry]:
+    """The frame graphs (export/frame_graphs.py) into `staging`, checked as TensorRT reads graphs and against the
+    host path (runtime.frames) under ONNX Runtime; their manifest entries (FP32 whatever --precision says: they
+    are resizes and reductions, a few milliseconds, and the labels must not depend on the precision)."""
+    from calibration.graphs import check_onnx
+    from engines.contract import CLASS_AXIS, FRAME_PREPROCESS, SEMANTIC_MAP, VOCAB_AXIS
+    from engines.files import atomic_write_bytes
+    from engines.trt_supported_ops import check_graph
+    from export import frame_graphs
+    from export.components import DEFAULT_RANGES
+    from export.onnx_utils import graph_specs
+
+    t = time.perf_counter()
+    vision, segmenter = manifest.preprocess[VISION_TOWER.component], manifest.preprocess[SEGMENTER.component]
+    mask_shape = manifest.components[SEGMENTER.component].output(SEGMENTER.mask_logits).shape[1:]
+    # class_logits is an input here (an output of the segmenter): TensorRT needs its range, V + 1 for V in 1..max.
+    vocab_lo, vocab_hi = DEFAULT_RANGES[VOCAB_AXIS]
+    ranges = {**DEFAULT_RANGES, CLASS_AXIS: (vocab_lo + 1, vocab_hi + 1), **frame_graphs.FRAME_RANGE}
+    graphs = {FRAME_PREPROCESS.component: frame_graphs.preprocess_graph(vision, segmenter),
+              SEMANTIC_MAP.component: frame_graphs.semantic_graph(mask_shape, DEFAULT_RANGES[VOCAB_AXIS][1])}
+    out = {}
+    for name, model in graphs.items():
+        inferred = check_onnx(model)
+        problems = check_graph(model)
+        if problems:
+            raise BuildCheckError(f"the {name} graph uses what TensorRT cannot parse: {'; '.join(problems)}")
+        onnx_name = f"{name}.onnx"
+        atomic_write_bytes(staging / onnx_name, model.SerializeToString())
+        out[name] = ComponentEntry(precision="fp32", onnx=file_entry(staging, onnx_name),
+                                   inputs=graph_specs(inferred, "inputs", ranges),
+                                   outputs=graph_specs(inferred, "outputs", ranges))
+    if not args.skip_validation:
+        check = frame_graphs.validate(staging / out[FRAME_PREPROCESS.component].onnx.file,
+                                      staging / out[SEMANTIC_MAP.component].onnx.file, vision, segmenter, mask_shape)
+        if check["max_grey_levels"] > 1.0 + 1e-3 or check["label_mismatch"] > 0.01:
+            raise BuildCheckError(f"the frame graphs do not match the host path ({check}); not publishing")
+        log(f"  validated frame graphs: inputs within {check['max_grey_levels']:.2f} grey levels of OpenCV, "
+            f"{check['label_mismatch']:.2%} of labels differ from the host path")
+        out[FRAME_PREPROCESS.component].max_diff_vs_host = {"max_grey_levels": round(check["max_grey_levels"], 4)}
+        out[SEMANTIC_MAP.component].max_diff_vs_host = {"label_mismatch": check["label_mismatch"]}
+    log(f"  exported frame graphs (preprocess, semantic map) ({time.perf_counter() - t:.1f} s)")
     return out
 
 
@@ -894,10 +945,19 @@ class OutFolder:
 
 
 def summary(out: Path, entries: dict[str, ComponentEntry]) -> None:
-    rows = [("component", "file", "size", "precision", "max |ORT-PyTorch|")]
+    rows = [("component", "file", "size", "precision", "check: max |ORT-PyTorch| (frame graphs: vs host path)")]
     for name, e in entries.items():
-        diff, tokens = e.max_abs_diff_vs_torch, e.greedy_tokens_match_torch
-        check = f"{diff:.2e}" if diff is not None else ("greedy tokens equal" if tokens else "skipped")
+        diff, tokens, host = e.max_abs_diff_vs_torch, e.greedy_tokens_match_torch, e.max_diff_vs_host or {}
+        if diff is not None:
+            check = f"{diff:.2e}"
+        elif tokens:
+            check = "greedy tokens equal"
+        elif "max_grey_levels" in host:
+            check = f"within {host['max_grey_levels']:.2f} grey levels of OpenCV"
+        elif "label_mismatch" in host:
+            check = f"{host['label_mismatch']:.3%} of labels differ"
+        else:
+            check = "skipped"
         rows.append((name, e.onnx.file, f"{e.onnx.size / 1e6:.1f} MB", e.precision, check))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for i, r in enumerate(rows):

@@ -48,7 +48,7 @@ from calibration.graphs import (EXTERNAL_DATA_BYTES, Feeds, check_saved, initial
                                 output_errors, run, save_onnx, tensor_array, weightless, worst)
 from calibration.quantize import (DEFAULT_ACCURACY_LEVEL, DEFAULT_BLOCK_SIZE, WEIGHT_FORMS, NothingToQuantize,
                                   check_weight_only)
-from engines.contract import Manifest, file_entry
+from engines.contract import FRAME_PREPROCESS, SEMANTIC_MAP, Manifest, file_entry
 from engines.errors import LLMFormerError
 from engines.files import sha256_file
 
@@ -455,13 +455,19 @@ def _convert_weight_only(src: Path, out: Path, bits: int, component: str, calib:
     return report
 
 
+# The frame graphs stay FP32 at every precision: resampling weights, source indices, class ids carried through
+# comparisons and an argmax, where FP16 would move labels and INT8 has no weighted layer to quantize.
+FP32_ONLY = (FRAME_PREPROCESS.component, SEMANTIC_MAP.component)
+
+
 def convert_artifacts(folder: str | Path, manifest: Manifest, precision: str, calib: str | Path | None = None,
                       cache_dir: str | Path | None = None, method: str = "entropy", components: Sequence[str] | None = None,
                       log: Callable[[str], None] = print, llm_weights: str | None = None,
                       llm_block_size: int = DEFAULT_BLOCK_SIZE, backend: str | None = None,
                       **options: Any) -> dict[str, dict[str, Any]]:
-    """Make the `precision` graphs of every component of an FP32 artifact folder (usually the build's staging
-    folder, before publish) and point the manifest at them, in place: `onnx` (and `data_files`) become the new
+    """Make the `precision` graphs of every model component (the frame graphs, FP32_ONLY, stay as they are) of an
+    FP32 artifact folder (usually the build's staging folder, before publish) and point the manifest at them, in
+    place: `onnx` (and `data_files`) become the new
     graph's, `onnx_fp32` (and `onnx_fp32_data_files`) keep the FP32 one's, `precision` and `precision_report` are
     set. The LLM decoder becomes `llm_weights` (default: what `precision` makes of it, see `llm_target`) in the
     form of `backend` (default: the manifest's). Calibration frames come from `calib` (a folder of images,
@@ -471,7 +477,8 @@ def convert_artifacts(folder: str | Path, manifest: Manifest, precision: str, ca
     check_args(precision, calib, llm_weights, llm_block_size)
     backend = backend or manifest.backend
     targets = {name: llm_target(precision, llm_weights) if name in WEIGHT_ONLY else precision
-               for name in manifest.components if components is None or name in components}
+               for name in manifest.components
+               if name not in FP32_ONLY and (components is None or name in components)}
     targets = {name: target for name, target in targets.items() if target != "fp32"}
     if not targets:
         manifest.precision = precision

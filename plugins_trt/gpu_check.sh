@@ -119,6 +119,11 @@ step pytest 150 "$PY" -m pytest -q -rs tests/test_msda_cuda.py -k "not standalon
     --junitxml="$RESULTS/pytest.xml" -p no:cacheprovider
 step benchmark 150 "$PY" benchmarks/bench_msda_gpu.py --runs 100 --json "$RESULTS/bench_msda_gpu.json"
 step device_decode 120 "$PY" -m pytest -q -rs tests/test_decode_device.py -p no:cacheprovider
+# The frame path (issue 17): host vs device (frame graphs) on ONNX Runtime's CUDA provider, same run. The demo
+# build takes ~20 s; segment() timings and host<->device bytes per frame land in bench_frame_path.json.
+step frame_build 120 env PYTHONPATH=. "$PY" export/build_engines.py --out "$RESULTS/demo_frames"
+step frame_path 150 "$PY" benchmarks/bench_frame_path.py "$RESULTS/demo_frames" --rounds 20 \
+    --sizes 480x640 720x1280 --json "$RESULTS/bench_frame_path.json"
 
 {
     echo "# MSDA GPU check"
@@ -136,6 +141,10 @@ step device_decode 120 "$PY" -m pytest -q -rs tests/test_decode_device.py -p no:
     grep -E '^SKIPPED' "$RESULTS/device_decode.log" 2>/dev/null
     echo "memcheck: $(grep -h 'ERROR SUMMARY' "$RESULTS/memcheck.log" 2>/dev/null | tail -1)"
     echo "racecheck: $(grep -h 'SUMMARY' "$RESULTS/racecheck.log" 2>/dev/null | tail -1)"
+    echo
+    echo "## Frame path (benchmarks/bench_frame_path.py: host vs device)"
+    echo
+    cat "$RESULTS/frame_path.log" 2>/dev/null
     echo
     echo "## Benchmark (benchmarks/bench_msda_gpu.py --runs 100)"
     echo

@@ -15,8 +15,9 @@ priors of the given/gt setting; `canonical_caption` and `objects` (names with re
 should mention) score the captioner and are optional. `llmformer.data.scene_folder` writes the synthetic
 splits in this layout; the evaluation reads files only, so it runs wherever the runtime runs.
 
-For each folder it reports mIoU and pixel accuracy in three settings:
+For each folder it reports mIoU and pixel accuracy in four settings:
   given/gt       the split's class names as the vocabulary, priors from the scene's own caption
+  given/none     the same vocabulary, no caption (null priors): what the segmenter does without the LLM
   given/model    the same vocabulary, priors from the build's captioner (the deployed chain)
   open/model     no vocabulary: the classes are the captioner's object nouns (open vocabulary); a
                  predicted name scores only where it is the ground-truth class's name
@@ -42,6 +43,7 @@ import numpy as np
 
 from engines.errors import LLMFormerError
 from runtime.commands import CommandParser, artifact_folder, bounded, existing_folder, output_file, run_command
+from runtime.priors import Priors
 
 IGNORE = 255
 SCENES_FILE = "scenes.json"
@@ -159,16 +161,19 @@ def evaluate_folder(rt, data: SceneFolder) -> dict[str, Any]:
     """Every setting's mIoU and pixel accuracy on one scene folder (and the captioner's scores)."""
     classes = list(data.classes)
     index = {c: i for i, c in enumerate(classes)}
-    given_gt, given_model, open_model = Confusion(len(classes)), Confusion(len(classes)), Confusion(len(classes))
+    given_gt, given_none = Confusion(len(classes)), Confusion(len(classes))
+    given_model, open_model = Confusion(len(classes)), Confusion(len(classes))
+    no_priors = Priors(caption="")
     exact, scored_captions, parsed, truth = 0, 0, [], []
     t0 = time.perf_counter()
     for i in range(len(data)):
         scene = data[i]
         seg = rt.segment(scene.image, vocabulary=classes, caption=scene.caption)
         given_gt.add(seg.labels, scene.labels)
+        image = rt.encode_image(scene.image)
+        given_none.add(rt.decode(image, rt.embed(no_priors, classes)).labels, scene.labels)
         if rt.captioner is None:
             continue
-        image = rt.encode_image(scene.image)
         text = rt.caption(image).text
         if scene.canonical_caption is not None:
             exact += text.strip() == scene.canonical_caption.strip()
@@ -188,6 +193,7 @@ def evaluate_folder(rt, data: SceneFolder) -> dict[str, Any]:
         else:
             open_model.add(np.full(scene.labels.shape, -1), scene.labels)
     out: dict[str, Any] = {"scenes": len(data), "classes": classes, "given_gt": given_gt.summary(classes),
+                           "given_none": given_none.summary(classes),
                            "seconds": round(time.perf_counter() - t0, 1)}
     if rt.captioner is not None:
         out.update(given_model=given_model.summary(classes), open_model=open_model.summary(classes),
@@ -198,6 +204,8 @@ def evaluate_folder(rt, data: SceneFolder) -> dict[str, Any]:
 
 def summary_line(split: str, r: dict[str, Any]) -> str:
     line = f"{split:8s} given/gt mIoU {r['given_gt']['miou']:6.2f}  pixel acc {r['given_gt']['pixel_accuracy']:6.2f}"
+    if "given_none" in r:
+        line += f" | given/none {r['given_none']['miou']:6.2f}"
     if "given_model" in r:
         line += f" | given/model {r['given_model']['miou']:6.2f} | open/model {r['open_model']['miou']:6.2f}"
         if r["caption_exact_match"] is not None:
@@ -221,13 +229,15 @@ def _main(argv) -> int:
                     help="evaluate only the first N scenes of each folder (>= 1)")
     ap.add_argument("--backend", default=None, choices=("onnxruntime", "torch", "tensorrt"))
     ap.add_argument("--threads", type=bounded(int, 1), default=None, help="intra-op threads per engine (>= 1)")
+    ap.add_argument("--frame-path", default="auto", choices=("auto", "device", "host"),
+                    help="where frames are pre/postprocessed: runtime.load(frame_path=...) (default auto)")
     ap.add_argument("--json", type=output_file, default=None, help="write the results here")
     args = ap.parse_args(argv)
     import runtime
 
     results: dict[str, Any] = {"artifacts": str(args.artifacts)}
     folders = [SceneFolder(d, args.scenes) for d in args.data]  # every folder checked before any work
-    with runtime.load(args.artifacts, backend=args.backend, threads=args.threads) as rt:
+    with runtime.load(args.artifacts, backend=args.backend, threads=args.threads, frame_path=args.frame_path) as rt:
         results["backend"] = rt.backend
         results["precision"] = rt.manifest.precision
         for data in folders:

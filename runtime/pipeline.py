@@ -30,8 +30,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from engines.base import BACKENDS, DeviceTensor, Engine, backend_importable, check_engine_options, create_engine
-from engines.contract import (CAPTIONER_DECODER, CAPTIONER_EMBED, CAPTIONER_VISION, SEGMENTER, TEXT_ENCODER,
-                              VERIFY_LEVELS, VISION_TOWER, Manifest, read_manifest)
+from engines.contract import (CAPTIONER_DECODER, CAPTIONER_EMBED, CAPTIONER_VISION, FRAME_PREPROCESS, SEGMENTER,
+                              SEMANTIC_MAP, TEXT_ENCODER, VERIFY_LEVELS, VISION_TOWER, Manifest, read_manifest)
 from engines.errors import EngineError, LLMFormerError, ManifestError
 from runtime.frames import check_frame, semantic_map, to_pixels, to_tensor
 from runtime.profiling import NULL_SPAN
@@ -47,6 +47,21 @@ class InputTypeError(RuntimeInputError, TypeError):
     """An argument of the wrong type. Both a RuntimeInputError (so a ValueError, as every bad argument here)
     and the TypeError a caller would expect for it."""
 
+
+# Where a frame is preprocessed and postprocessed (load(frame_path=...)): "device" runs the build's frame graphs
+# (FRAME_PREPROCESS, SEMANTIC_MAP) on the engines' device, so a frame crosses once (uint8) and only labels and
+# scores come back; "host" runs runtime/frames.py (numpy/OpenCV); "auto" is what measured faster
+# (benchmarks/README.md, "The frame path on the device"): on a GPU both graphs; on the CPU, where nothing crosses a
+# bus, OpenCV's preprocessing (2x faster than the graph there) and the semantic graph from CPU_GRAPH_MIN_VOCAB
+# classes on (the graph upsamples 4 candidates per mask cell whatever V is; OpenCV resizes up to ~6 channels about as
+# fast as the graph's 4: on the 2-core benchmark machine the graph was 1.15-1.35x faster at 640 x 480 from 4 classes,
+# but only from 8 at 1280 x 720, 0.8-0.9x below).
+FRAME_PATHS = ("auto", "device", "host")
+CPU_GRAPH_MIN_VOCAB = 8
+# Intra-op threads of the frame graphs' engines unless load(threads=...) says otherwise: on the CPU they are chains of
+# short memory-bound operators, and ONNX Runtime's pool waking a second thread per operator made the semantic graph
+# 1.6-1.9x slower than one thread on the 2-core benchmark machine with another job running (benchmarks/README.md).
+FRAME_GRAPH_THREADS = 1
 
 # The input contract (README, "Input contract"): what each public call takes, checked where it is called,
 # before a frame is preprocessed or an engine runs.
@@ -89,7 +104,7 @@ class ImageFeatures:
     next run (a TensorRT engine writes every frame into the same buffers)."""
 
     frame_size: tuple[int, int]          # (H, W) of the caller's frame
-    segmenter_input: np.ndarray          # (1, 3, S, S) float32
+    segmenter_input: DeviceTensor | np.ndarray | None      # (1, 3, S, S) float32
     vision_hidden_states: DeviceTensor | np.ndarray | None  # (n_layers, 1, T, C)
     image_embeds: DeviceTensor | np.ndarray | None = None   # (1, N, E_llm) for the captioner, same tower pass
     timings: dict[str, float] = field(default_factory=dict)
@@ -97,6 +112,9 @@ class ImageFeatures:
     # the segmenter's stretched square (a LLaVA checkpoint's pad-to-square): a caption then preprocesses it
     # its own way and pays a tower pass of its own, only when a caption is made.
     rgb: np.ndarray | None = None
+    # The frame on the engines' device ((1, H, W, 3) uint8) where the frame graphs preprocessed it; the semantic
+    # graph reads its shape there.
+    frame_tensor: DeviceTensor | None = None
 
 
 @dataclass
@@ -119,7 +137,9 @@ class Segmentation:
     caption: str | None
     priors: Any | None                   # runtime.priors.Priors when a caption was parsed
     timings: dict[str, float]            # milliseconds per stage
-    mask_logits: np.ndarray | None = None   # (Q, h, w), the raw outputs, for debugging and parity checks
+    # The segmenter's raw outputs, for debugging and parity checks; None where they stay on a GPU (the frame graphs
+    # postprocess them there: bringing them back would be the transfer the graphs avoid).
+    mask_logits: np.ndarray | None = None   # (Q, h, w)
     class_logits: np.ndarray | None = None  # (Q, V+1)
     frame: int | None = None                # this frame's index (segment() calls on this Runtime, from 0)
     caption_frame: int | None = None        # index of the frame the captioner described (None: no captioner)
@@ -134,7 +154,8 @@ class Runtime:
     """Runs one artifact folder on one backend. Use `load()` to make one."""
 
     def __init__(self, folder: Path, manifest: Manifest, backend: str, engines: dict[str, Engine],
-                 cache_size: int = 4096, map_threshold: float = 0.5, parser_model: str | None = None):
+                 cache_size: int = 4096, map_threshold: float = 0.5, parser_model: str | None = None,
+                 frame_path: str = "auto"):
         from tokenizers import Tokenizer
 
         from runtime.vocabulary import CachedEncoder
@@ -163,6 +184,9 @@ class Runtime:
         self.vision_name = manifest.vision_component
         caption_pre = manifest.preprocess.get(CAPTIONER_VISION.component)
         self.caption_pre = caption_pre if caption_pre is not None and caption_pre.mode != "stretch" else None
+        self._init_frame_path(frame_path)
+        self._resident: dict[tuple[str, str], tuple[np.ndarray, DeviceTensor]] = {}
+        self._frame_upload: DeviceTensor | None = None
         self.frames = 0                  # frames segmented so far
         self.captioning = None           # runtime.captioning.AsyncCaptioner while asynchronous captioning runs
         self.profiler = None             # a runtime.profiling.Profiler records each stage as a span
@@ -258,13 +282,63 @@ class Runtime:
         return PriorEmbeddings(classes, vocab, obj, att, valid, relation, mapping, timings)
 
     # -- image side ----------------------------------------------------------------------------------
+    def _init_frame_path(self, frame_path: str) -> None:
+        """Which stages run the frame graphs (see FRAME_PATHS): `device_preprocess`, `device_postprocess` ("always",
+        "never", or for postprocessing on the CPU "vocab" = from CPU_GRAPH_MIN_VOCAB classes on)."""
+        have = all(c.component in self.engines for c in (FRAME_PREPROCESS, SEMANTIC_MAP))
+        if frame_path == "device" and not have:
+            raise RuntimeInputError(f"frame_path='device' needs the frame graphs and the build in {self.folder} has "
+                                    f"none (built with --host-postprocess, or before them; the torch backend runs "
+                                    f"none): rebuild without --host-postprocess, or pass frame_path='auto'")
+        self.frame_path = frame_path
+        self.device_preprocess = self.device_postprocess = "never"
+        if have and frame_path != "host":
+            on_gpu = self.engines[SEMANTIC_MAP.component].tensor_device != "cpu"
+            self.device_preprocess = "always" if frame_path == "device" or on_gpu else "never"
+            self.device_postprocess = "always" if frame_path == "device" or on_gpu else "vocab"
+            spec = self.manifest.components[FRAME_PREPROCESS.component].input(FRAME_PREPROCESS.image)
+            self._graph_frame_max = tuple(spec.max_shape[1:3]) if spec.max_shape else (1 << 30, 1 << 30)
+
+    def _fits_graphs(self, size: tuple[int, int]) -> bool:
+        """Whether a frame of `size` (H, W) is within the range the frame graphs were built for."""
+        return size[0] <= self._graph_frame_max[0] and size[1] <= self._graph_frame_max[1]
+
+    def _upload_frame(self, rgb: np.ndarray) -> DeviceTensor:
+        """The frame as (1, H, W, 3) uint8 on the frame graphs' device: the one host -> device copy of a frame (one
+        buffer, kept while frames keep their size)."""
+        engine = self.engines[FRAME_PREPROCESS.component]
+        shape = (1, *rgb.shape)
+        if self._frame_upload is None or self._frame_upload.shape != shape:
+            self._frame_upload = engine.allocate(FRAME_PREPROCESS.image, shape)
+        self._frame_upload.write(rgb[None])
+        return self._frame_upload
+
+    def _resident_input(self, engine: Engine, name: str, array: np.ndarray) -> DeviceTensor:
+        """`array` as a tensor on `engine`'s device, copied there only when it differs from the last one given for
+        `name`: the vocabulary and prior embeddings change when the vocabulary or the caption does, not per frame."""
+        key = (engine.name, name)
+        held = self._resident.get(key)
+        if held is not None and held[0].shape == array.shape and np.array_equal(held[0], array):
+            return held[1]
+        tensor = engine.allocate(name, array.shape)
+        tensor.write(np.ascontiguousarray(array, tensor.dtype))
+        self._resident[key] = (array.copy(), tensor)
+        return tensor
+
     def encode_image(self, frame: np.ndarray) -> ImageFeatures:
         t0 = time.perf_counter()
         with self._span("preprocess"):
             rgb = check_frame(frame)
-            v, s = self.pre[VISION_TOWER.component], self.pre[SEGMENTER.component]
-            pixels = to_tensor(rgb, v.size, v.mean, v.std)
-            seg_in = to_tensor(rgb, s.size, s.mean, s.std)
+            upload = None
+            if self.device_preprocess == "always" and self._fits_graphs(rgb.shape[:2]):
+                # One uint8 frame to the device; both normalized inputs are made there and stay there.
+                upload = self._upload_frame(rgb)
+                out = self.engines[FRAME_PREPROCESS.component].run_bound({FRAME_PREPROCESS.image: upload})
+                pixels, seg_in = out[FRAME_PREPROCESS.pixel_values], out[FRAME_PREPROCESS.frame]
+            else:
+                v, s = self.pre[VISION_TOWER.component], self.pre[SEGMENTER.component]
+                pixels = to_tensor(rgb, v.size, v.mean, v.std)
+                seg_in = to_tensor(rgb, s.size, s.mean, s.std)
         t_pre = _ms(t0)
         t1 = time.perf_counter()
         with self._span("vision"):
@@ -274,7 +348,7 @@ class Runtime:
         own_pass = self.caption_pre is not None   # the captioner sees the frame its own way (see _image_embeds)
         return ImageFeatures(rgb.shape[:2], seg_in, out[VISION_TOWER.vision_hidden_states],
                              None if own_pass else out.get(CAPTIONER_VISION.image_embeds),
-                             {"preprocess": t_pre, "vision": _ms(t1)}, rgb if own_pass else None)
+                             {"preprocess": t_pre, "vision": _ms(t1)}, rgb if own_pass else None, upload)
 
     def _image_embeds(self, image: ImageFeatures, own: bool = False) -> DeviceTensor | np.ndarray:
         """The captioner's image embeddings of `image`: from the frame's tower pass, or from a pass of their
@@ -345,19 +419,47 @@ class Runtime:
         if priors is not None and not isinstance(priors, Priors):
             raise InputTypeError(f"priors must be a runtime.Priors or None, got {_got(priors)}")
         t0 = time.perf_counter()
-        feeds = {SEGMENTER.frame: image.segmenter_input, SEGMENTER.vision_hidden_states: image.vision_hidden_states,
-                 SEGMENTER.object_embeddings: emb.objects[None], SEGMENTER.attribute_embeddings: emb.attributes[None],
-                 SEGMENTER.prior_valid: emb.valid[None], SEGMENTER.relation_graph: emb.relation[None],
-                 SEGMENTER.vocab_embeddings: emb.vocabulary}
+        segmenter = self.engines[SEGMENTER.component]
+        feeds = {SEGMENTER.frame: image.segmenter_input, SEGMENTER.vision_hidden_states: image.vision_hidden_states}
+        for name, array in ((SEGMENTER.object_embeddings, emb.objects[None]),
+                            (SEGMENTER.attribute_embeddings, emb.attributes[None]),
+                            (SEGMENTER.prior_valid, emb.valid[None]), (SEGMENTER.relation_graph, emb.relation[None]),
+                            (SEGMENTER.vocab_embeddings, emb.vocabulary)):
+            feeds[name] = self._resident_input(segmenter, name, array) if self._device_frames else array
+        on_device = self._postprocess_on_device(image, len(emb.classes))
         with self._span("segment"):
-            out = self.engines[SEGMENTER.component].run_bound(feeds)
-            masks, classes = out[SEGMENTER.mask_logits].to_numpy()[0], out[SEGMENTER.class_logits].to_numpy()[0]
+            out = segmenter.run_bound(feeds)
+            masks, classes = out[SEGMENTER.mask_logits], out[SEGMENTER.class_logits]
+            if not on_device:
+                masks, classes = masks.to_numpy()[0], classes.to_numpy()[0]
         t_seg = _ms(t0)
         t1 = time.perf_counter()
         with self._span("postprocess"):
-            labels, scores = semantic_map(masks, classes, image.frame_size)
+            if on_device:
+                frame = image.frame_tensor
+                if frame is None:   # preprocessed on the host (the CPU): the graph reads only its shape
+                    frame = DeviceTensor.from_array(np.empty((1, *image.frame_size, 3), np.uint8))
+                sem = self.engines[SEMANTIC_MAP.component].run_bound(
+                    {SEMANTIC_MAP.mask_logits: masks, SEMANTIC_MAP.class_logits: classes, SEMANTIC_MAP.image: frame})
+                labels = sem[SEMANTIC_MAP.labels].to_numpy()[0].astype(np.int32)
+                scores = sem[SEMANTIC_MAP.scores].to_numpy()
+                # On the CPU the raw outputs are host memory already: a copy for the caller, nothing crosses a bus.
+                masks, classes = ((np.array(masks.on_host()[0]), np.array(classes.on_host()[0]))
+                                  if masks.device == "cpu" else (None, None))
+            else:
+                labels, scores = semantic_map(masks, classes, image.frame_size)
         timings = {**image.timings, **emb.timings, "segment": t_seg, "postprocess": _ms(t1)}
         return Segmentation(labels, list(emb.classes), scores, caption, priors, timings, masks, classes)
+
+    @property
+    def _device_frames(self) -> bool:
+        """Whether frames go through the frame graphs at all (then small inputs are kept on the device too)."""
+        return self.device_postprocess != "never"
+
+    def _postprocess_on_device(self, image: ImageFeatures, vocabulary: int) -> bool:
+        if self.device_postprocess == "never" or not self._fits_graphs(image.frame_size):
+            return False
+        return self.device_postprocess == "always" or vocabulary >= CPU_GRAPH_MIN_VOCAB
 
     def segment(self, frame: np.ndarray, vocabulary: Sequence[str] | None = None,
                 caption: str | None = None) -> Segmentation:
@@ -381,6 +483,54 @@ class Runtime:
         used and how old it is.
 
         Thread-safe: concurrent calls are serialized by a lock (frame indices follow the order they ran in)."""
+        vocabulary, caption = self._check_segment_args(vocabulary, caption)
+        with self._segment_lock, self._span("total"):
+            return self._segment(frame, vocabulary, caption)
+
+    def segment_batch(self, frames: Sequence[np.ndarray], vocabularies: Sequence[Sequence[str] | None] | None = None,
+                      captions: Sequence[str | None] | None = None) -> list[Segmentation]:
+        """One Segmentation per frame, each equal to `segment(frames[i], vocabularies[i], captions[i])`.
+
+        Frames may differ in size and each may have its own vocabulary and caption (None: as in segment()).
+        Every argument of every frame is checked before any frame runs, so a bad one fails the call without a
+        half-done batch. The batch holds the lock once: no other thread's frame runs between its frames.
+        This version runs the frames one after another through the single-frame graphs (the graphs have no
+        batch axis yet); the text side is shared through the phrase cache, so a vocabulary repeated across
+        the batch is encoded once."""
+        if isinstance(frames, np.ndarray) or not isinstance(frames, Sequence):
+            raise InputTypeError(f"frames must be a list of H x W x 3 frames (one call per frame: segment()), "
+                                 f"got {_got(frames)}")
+        n = len(frames)
+        per_frame = {}
+        for name, values in (("vocabularies", vocabularies), ("captions", captions)):
+            if values is None:
+                values = [None] * n
+            elif isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+                raise InputTypeError(f"{name} must be a list with one entry per frame (None for the default), "
+                                     f"got {_got(values)}")
+            if len(values) != n:
+                raise RuntimeInputError(f"{name} has {len(values)} entries for {n} frames: pass one per frame")
+            per_frame[name] = list(values)
+        checked = []
+        for i, frame in enumerate(frames):
+            try:
+                check_frame(frame)
+                vocabulary, caption = per_frame["vocabularies"][i], per_frame["captions"][i]
+                checked.append(self._check_segment_args(vocabulary, caption))
+            except LLMFormerError as exc:
+                try:
+                    named = type(exc)(f"frame {i} of the batch: {exc}")
+                except TypeError:   # an error type with a constructor of its own: keep it as it is
+                    raise exc from None
+                raise named from exc
+        with self._segment_lock:
+            out = []
+            for frame, (vocabulary, caption) in zip(frames, checked):
+                with self._span("total"):
+                    out.append(self._segment(frame, vocabulary, caption))
+            return out
+
+    def _check_segment_args(self, vocabulary, caption) -> tuple[list[str] | None, str | None]:
         if vocabulary is not None:
             vocabulary = check_vocabulary(vocabulary, self.max_vocab)   # a generator is read here, once
         if caption is not None:
@@ -391,8 +541,7 @@ class Runtime:
         if vocabulary is None and caption is None and self.captioner is None and self.captioning is None:
             raise RuntimeInputError("pass vocabulary=[class names], caption='a description of the frame', or both "
                                     "(this build has no captioner)")
-        with self._segment_lock, self._span("total"):
-            return self._segment(frame, vocabulary, caption)
+        return vocabulary, caption
 
     def _segment(self, frame: np.ndarray, vocabulary: Sequence[str] | None, caption: str | None) -> Segmentation:
         t0 = time.perf_counter()
@@ -611,11 +760,11 @@ def check_policy(policy: Any, name: str = "captioning") -> None:
 
 
 _LOAD_ARGUMENTS = ("path", "backend", "threads", "cache_size", "map_threshold", "parser_model", "warmup",
-                   "captioning", "verify")
+                   "captioning", "verify", "frame_path")
 
 
 def _check_load_arguments(path, backend, threads, cache_size, map_threshold, parser_model, warmup, captioning,
-                          verify, engine_options: Mapping[str, Any]) -> None:
+                          verify, engine_options: Mapping[str, Any], frame_path: str = "auto") -> None:
     """load()'s input contract, checked before the folder is read."""
     if not isinstance(path, (str, os.PathLike)):
         raise InputTypeError(f"path must be an artifact folder (str or os.PathLike), got {_got(path)}")
@@ -653,6 +802,9 @@ def _check_load_arguments(path, backend, threads, cache_size, map_threshold, par
     if not isinstance(verify, str) or verify not in VERIFY_LEVELS:
         raise RuntimeInputError(f"verify must be one of {', '.join(repr(v) for v in VERIFY_LEVELS)} (default 'fast'), "
                                 f"got {_got(verify)}")
+    if not isinstance(frame_path, str) or frame_path not in FRAME_PATHS:
+        raise RuntimeInputError(f"frame_path must be one of {', '.join(repr(v) for v in FRAME_PATHS)} (default 'auto'), "
+                                f"got {_got(frame_path)}")
     if backend in BACKENDS:   # an unknown name is refused by load() itself
         check_engine_options(backend, engine_options, "runtime.load()", also_known=_LOAD_ARGUMENTS)
     else:
@@ -661,7 +813,8 @@ def _check_load_arguments(path, backend, threads, cache_size, map_threshold, par
 
 def load(path: str | Path, backend: str | None = None, threads: int | None = None,
          cache_size: int = 4096, map_threshold: float = 0.5, parser_model: str | None = None,
-         warmup: bool = True, captioning=None, verify: str = "fast", **engine_options: Any) -> Runtime:
+         warmup: bool = True, captioning=None, verify: str = "fast", frame_path: str = "auto",
+         **engine_options: Any) -> Runtime:
     """Validate an artifact folder (manifest, format version, files) and open it on `backend`.
 
     `backend=None` takes the folder's recorded backend where it is installed, else ONNX Runtime.
@@ -674,9 +827,12 @@ def load(path: str | Path, backend: str | None = None, threads: int | None = Non
     sha256, as recorded at build) or "off" (see engines.contract.read_manifest). `engine_options`: the
     backend's own (engines.base.ENGINE_OPTIONS: onnxruntime providers/spin, torch device, tensorrt
     plugins/cuda_graph); any other keyword is an OptionError (a TypeError) naming it. Every argument is
-    checked before the folder is read (README, "Input contract")."""
+    checked before the folder is read (README, "Input contract"). `frame_path`: where frames are preprocessed
+    and postprocessed: "device" (the build's frame graphs, on the engines' device), "host" (numpy/OpenCV) or
+    "auto" (what measured faster: see FRAME_PATHS; a build without the graphs, or the torch backend, uses the
+    host)."""
     _check_load_arguments(path, backend, threads, cache_size, map_threshold, parser_model, warmup, captioning,
-                          verify, engine_options)
+                          verify, engine_options, frame_path)
     folder = Path(path)
     if backend is not None and backend not in BACKENDS:
         raise EngineError(f"unknown backend '{backend}': choose one of {', '.join(BACKENDS)}")
@@ -707,9 +863,13 @@ def load(path: str | Path, backend: str | None = None, threads: int | None = Non
     engines: dict[str, Engine] = {}
     try:
         for name, comp in manifest.components.items():
-            engines[name] = create_engine(backend, name, folder, comp, threads=threads, **engine_options)
+            frame_graph = name in (FRAME_PREPROCESS.component, SEMANTIC_MAP.component)
+            if backend == "torch" and frame_graph:
+                continue   # plain ONNX graphs with no PyTorch module: the torch backend preprocesses on the host
+            engines[name] = create_engine(backend, name, folder, comp, **engine_options,
+                                          threads=FRAME_GRAPH_THREADS if frame_graph and threads is None else threads)
         rt = Runtime(folder, manifest, backend, engines, cache_size=cache_size, map_threshold=map_threshold,
-                     parser_model=parser_model)
+                     parser_model=parser_model, frame_path=frame_path)
         if warmup:
             rt.warmup()
         if captioning is not None:

@@ -41,9 +41,10 @@ def tiny_copy(tiny_artifacts, tmp_path):
 def test_build_writes_manifest_with_hashes_specs_and_versions(demo_artifacts):
     m = json.loads((demo_artifacts / MANIFEST_NAME).read_text())
     assert m["preset"]["name"] == "demo" and m["precision"] == "fp32"
-    # The demo has a (tiny) captioner, whose vision graph is the one tower pass the segmenter shares.
+    # The demo has a (tiny) captioner, whose vision graph is the one tower pass the segmenter shares, and the
+    # frame graphs (preprocessing and semantic inference on the engines' device).
     assert set(m["components"]) == {"captioner_vision", "captioner_embed", "captioner_decoder", "text_encoder",
-                                    "segmenter"}
+                                    "segmenter", "frame_preprocess", "semantic_map"}
     for comp in m["components"].values():
         assert len(comp["onnx"]["sha256"]) == 64 and comp["onnx"]["size"] > 0
         assert comp.get("max_abs_diff_vs_torch", 0.0) < 1e-4

@@ -17,7 +17,7 @@ from engines.contract import read_manifest, write_manifest
 from engines.trt_supported_ops import check_graph
 from export.build_engines import build, parse_args
 from calibration.graphs import output_errors, run
-from export.precision import (PrecisionError, check_args, convert, convert_artifacts, emulate_fp16, find_islands,
+from export.precision import (FP32_ONLY, PrecisionError, check_args, convert, convert_artifacts, emulate_fp16, find_islands,
                               to_fp16)
 from engines.contract import SEGMENTER, VISION_TOWER
 from llmformer.data.frames import demo_frame
@@ -130,7 +130,11 @@ def test_calibration_feeds_are_what_the_runtime_feeds(tiny_fp32, calib):
 def test_fp16_artifacts_keep_fp32_io_and_run(tiny_fp16, tiny_fp32):
     folder, reports = tiny_fp16
     manifest = read_manifest(folder)  # hashes of the new graphs verified
+    for name in FP32_ONLY:   # the frame graphs stay FP32 at every precision
+        assert manifest.components[name].precision == "fp32" and manifest.components[name].onnx_fp32 is None
     for name, entry in manifest.components.items():
+        if name in FP32_ONLY:
+            continue
         assert entry.precision == "fp16" and entry.onnx.file == f"{name}.fp16.onnx"
         assert entry.onnx_fp32.file == read_manifest(tiny_fp32).components[name].onnx.file
         model = onnx.load(str(folder / entry.onnx.file))
@@ -196,6 +200,8 @@ def test_int8_graphs_are_symmetric_per_channel_qdq_for_tensorrt(tiny_int8):
     folder, reports, _ = tiny_int8
     manifest = read_manifest(folder)
     for name, entry in manifest.components.items():
+        if name in FP32_ONLY:
+            continue
         model = onnx.load(str(folder / entry.onnx.file))
         inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
         dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear"]
