@@ -6,8 +6,9 @@ The frames are the ones `build_engines.py` put in the artifact folder (`samples/
 so the demo runs wherever the runtime does, without PyTorch or a dataset. With trained weights (the demo
 preset ships them) they are synthetic validation scenes with ground truth: the build's captioner describes
 each one, the caption's priors guide the segmenter over the scenes' class names, and each frame's pixel
-accuracy is printed beside the caption. A build with random weights has generated frames with scripted
-captions instead.
+accuracy is printed beside the caption with which of the objects it names are in the frame (right), which
+are not (wrong) and which classes in the frame it leaves out (missed); the overlay shows the same line
+under the caption. A build with random weights has generated frames with scripted captions instead.
 
 Failures: one `error: ...` line on stderr, exit status 2 for a wrong command line (a missing artifact folder,
 an --out that cannot be written, --frames < 1) and 1 for a failed run; --debug shows the traceback.
@@ -30,6 +31,16 @@ def read_sample(folder: Path, sample) -> tuple[np.ndarray, np.ndarray | None]:
     frame = cv2.cvtColor(cv2.imread(str(folder / sample.frame.file), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
     labels = None if sample.labels is None else cv2.imread(str(folder / sample.labels.file), cv2.IMREAD_UNCHANGED)
     return frame, labels
+
+
+def caption_check(rt, caption: str, vocabulary, truth: np.ndarray) -> str:
+    """"right: star, grass; wrong: cloud; missed: cross": the caption's object names against the classes
+    present in the ground-truth labels (names outside the vocabulary count as wrong)."""
+    present = {vocabulary[c] for c in np.unique(truth) if c < len(vocabulary)}
+    named = list(dict.fromkeys(rt.parse_caption(caption).names))
+    parts = [("right", [n for n in named if n in present]), ("wrong", [n for n in named if n not in present]),
+             ("missed", [c for c in vocabulary if c in present and c not in named])]
+    return "; ".join(f"{k}: {', '.join(v)}" for k, v in parts if v) or "names nothing"
 
 
 def main(argv=None) -> int:
@@ -66,14 +77,19 @@ def _main(argv) -> int:
             frame, truth = read_sample(rt.folder, sample)
             # Trained with a captioner: caption=None, the captioner describes the frame (the deployed chain).
             seg = rt.segment(frame, vocabulary=sample.vocabulary, caption=None if trained else sample.caption)
+            note = None
             if truth is not None:
                 valid = truth != 255
                 accuracy = float((seg.labels[valid] == truth[valid]).mean() * 100) if valid.any() else float("nan")
                 tail = f"   {accuracy:8.1f}%  {seg.caption!r}"
+                if trained:
+                    check = caption_check(rt, seg.caption, sample.vocabulary, truth)
+                    tail += f"\n{'':7}objects named by the caption: {check}"
+                    note = f"caption objects: {check}"
             else:
                 tail = f"   {[seg.classes[c] for c in np.unique(seg.labels[seg.labels >= 0])]}"
             path = args.out / f"frame_{i:03d}.png"
-            if not cv2.imwrite(str(path), cv2.cvtColor(visualize(frame, seg), cv2.COLOR_RGB2BGR)):
+            if not cv2.imwrite(str(path), cv2.cvtColor(visualize(frame, seg, note=note), cv2.COLOR_RGB2BGR)):
                 raise CommandError(f"cannot write {path}: is the folder writable and the disk not full?")
             print(f"{i:<7}" + "".join(f"{seg.timings.get(s, 0.0):12.1f}" for s in stages) + tail)
         if random:

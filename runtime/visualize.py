@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 
 CAPTION_ROWS = 3   # caption lines drawn at the bottom, at most
+NOTE_ROWS = 2      # lines of a note under the caption, at most
 
 
 def palette(n: int) -> np.ndarray:
@@ -38,11 +39,12 @@ def legend_swatches(frame_shape: tuple[int, ...], rows: int) -> list[tuple[int, 
     return [(6, 6 + i * line, 6 + side - 1, 6 + i * line + side - 1) for i in range(min(rows, fit))]
 
 
-def visualize(frame: np.ndarray, segmentation, alpha: float = 0.5, legend: bool = True) -> np.ndarray:
+def visualize(frame: np.ndarray, segmentation, alpha: float = 0.5, legend: bool = True,
+              note: str | None = None) -> np.ndarray:
     """H x W x 3 uint8 RGB frame (or float in [0, 1], as segment() takes) + its Segmentation -> uint8 RGB
     overlay: colored labels blended at `alpha`, and with `legend`, a swatch + "name score" row per class
     present (most pixels first) at the top left and the caption (up to 3 lines) at the bottom, in white
-    on black boxes."""
+    on black boxes; `note` (up to 2 lines, e.g. which caption objects are right) goes under the caption."""
     from runtime.frames import FrameError, check_frame
     from runtime.pipeline import InputTypeError, RuntimeInputError, check_text
 
@@ -74,6 +76,8 @@ def visualize(frame: np.ndarray, segmentation, alpha: float = 0.5, legend: bool 
     caption = getattr(segmentation, "caption", None)
     if legend and caption is not None:
         check_text(caption, "segmentation.caption")
+    if note is not None:
+        check_text(note, "note")
     colors = palette(max(len(segmentation.classes), 1))
     labeled = labels >= 0
     color_map = colors[np.where(labeled, labels, 0)]
@@ -89,9 +93,10 @@ def visualize(frame: np.ndarray, segmentation, alpha: float = 0.5, legend: bool 
         score = float(segmentation.scores[idx]) if segmentation.scores is not None else 0.0
         cv2.rectangle(out, (x0, y0), (x1, y1), tuple(int(c) for c in colors[idx]), -1)
         _text(out, f"{name} {score:.2f}", (x1 + 8, y1), scale)
-    if caption:
-        width = max(int((frame.shape[1] - 12) / (6.5 * scale)), 10)  # characters per row, about
-        rows = textwrap.wrap(caption, width=width, max_lines=CAPTION_ROWS, placeholder=" ...")
+    width = max(int((frame.shape[1] - 12) / (6.5 * scale)), 10)  # characters per row, about
+    rows = textwrap.wrap(caption or "", width=width, max_lines=CAPTION_ROWS, placeholder=" ...")
+    rows += textwrap.wrap(note or "", width=width, max_lines=NOTE_ROWS, placeholder=" ...")
+    if rows:
         for i, row in enumerate(rows):
             _text(out, row, (6, frame.shape[0] - 8 - (len(rows) - 1 - i) * line), scale)
     return out

@@ -82,3 +82,33 @@ def test_overlay_refuses_a_frame_that_was_not_segmented():
     seg = Segmentation(np.zeros((40, 50), np.int32), ["ball"], np.ones(1, np.float32), None, None, {})
     with pytest.raises(FrameError, match="pass the frame that was segmented"):
         runtime.visualize(demo_frame(0, (50, 40)), seg)
+
+
+def test_a_note_goes_under_the_caption_and_must_be_text():
+    """The demo's "caption objects: right ...; wrong ..." line: drawn in the bottom rows, the rest untouched."""
+    frame = demo_frame(7, SIZE)
+    labels = np.zeros(SIZE, np.int32)
+    labels[180:, :] = 1
+    seg = Segmentation(labels, ["ball", "table"], np.array([0.9, 0.8], np.float32), "a ball on a table", None, {})
+    plain, noted = runtime.visualize(frame, seg), runtime.visualize(frame, seg, note="caption objects: right: ball")
+    changed = np.nonzero(np.abs(plain.astype(int) - noted.astype(int)).max(-1))[0]
+    assert changed.size and changed.min() >= SIZE[0] - 80      # only rows at the bottom (caption + note)
+    assert is_text(noted[SIZE[0] - 25:, :SIZE[1] // 2])[0]     # the note is the last row
+    with pytest.raises(runtime.InputTypeError, match="note"):
+        runtime.visualize(frame, seg, note=3)
+
+
+def test_the_demo_says_which_caption_objects_are_in_the_frame():
+    from runtime.demo import caption_check
+    from runtime.priors import PriorObject, Priors
+
+    class Parser:   # the runtime's parse_caption, as the demo calls it
+        @staticmethod
+        def parse_caption(text):
+            return Priors(text, [PriorObject(n, n) for n in text.split()])
+
+    truth = np.array([[0, 0, 2], [5, 5, 255]], np.uint8)    # star (0), ring (2), grass (5); 255 ignored
+    vocabulary = ["star", "cloud", "ring", "cross", "sand", "grass"]
+    assert caption_check(Parser, "cloud star star grass", vocabulary, truth) == \
+        "right: star, grass; wrong: cloud; missed: ring"
+    assert caption_check(Parser, "", vocabulary, truth) == "missed: star, ring, grass"

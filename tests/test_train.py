@@ -125,7 +125,8 @@ def test_the_captioner_trains_on_the_segmenter_tower_and_loads_for_export(segmen
 
     out = tmp_path / "cap"
     run_train({"task": "captioner", "preset": "demo", "out": str(out), "dataset": {"train_length": 4, "val_length": 1},
-               "vision_tower": str(segmenter_run / "vision_tower.safetensors"), "steps": 25, "batch_size": 4,
+               "vision_tower": str(segmenter_run / "vision_tower.safetensors"), "train_tower": False, "steps": 25,
+               "batch_size": 4,
                "lr": 0.01, "warmup_steps": 2, "log_every": 1, "eval_every": 0, "ckpt_every": 100,
                "tokenizer_vocab": 300, "captioner_text": {"hidden_size": 32, "intermediate_size": 64,
                                                           "num_hidden_layers": 1}, "max_new_tokens": 8}, tmp_path)
@@ -137,6 +138,28 @@ def test_the_captioner_trains_on_the_segmenter_tower_and_loads_for_export(segmen
 
     trained = load_component(segmenter_run / "vision_tower.safetensors").model.state_dict()
     assert all(torch.equal(tower[k], trained[k]) for k in trained), "the captioner must keep the segmenter's tower"
+
+
+def test_the_caption_loss_trains_the_tower_blocks_it_reaches(segmenter_run, tmp_path):
+    """train_tower: the blocks up to LLaVA's feature layer (-2) learn from the caption; the last block and the
+    pooled output's norm get no gradient and stay; the run writes the tower in the project's format too."""
+    from llmformer.captioner import load_captioner
+    from llmformer.checkpoint import load_component
+
+    out = tmp_path / "cap"
+    run_train({"task": "captioner", "preset": "demo", "out": str(out), "dataset": {"train_length": 4, "val_length": 1},
+               "vision_tower": str(segmenter_run / "vision_tower.safetensors"), "train_tower": True, "steps": 3,
+               "batch_size": 2, "lr": 0.01, "warmup_steps": 1, "log_every": 1, "eval_every": 0, "ckpt_every": 100,
+               "tokenizer_vocab": 300, "captioner_text": {"hidden_size": 32, "intermediate_size": 64,
+                                                          "num_hidden_layers": 1}, "max_new_tokens": 4}, tmp_path)
+    before = load_component(segmenter_run / "vision_tower.safetensors").model.state_dict()
+    after = load_captioner(out / "captioner").model.model.vision_tower.state_dict()
+    last = f"encoder.layers.{len([k for k in before if k.endswith('self_attn.q_proj.weight')]) - 1}."
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert any(k.startswith("encoder.layers.0.") for k in changed) and "embeddings.patch_embedding.weight" in changed
+    assert not any(k.startswith(last) or "post_layernorm" in k for k in changed), sorted(changed)
+    written = load_component(out / "vision_tower.safetensors").model.state_dict()
+    assert all(torch.equal(written[k], after[k]) for k in after)
 
 
 def test_an_ablated_segmenter_trains_on_two_processes(tmp_path):

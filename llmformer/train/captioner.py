@@ -2,12 +2,16 @@
 
     torchrun --nproc-per-node 2 -m llmformer.train llmformer/train/configs/demo_captioner.json
 
-The vision tower comes from the segmenter run (`vision_tower`, frozen: one tower feeds both the
-captioner and the segmenter at deployment); the projector and the Phi-architecture LM are trained with
-next-token cross-entropy on the answer, in the exact prompt the runtime sends ("{system} USER: <image>
-x N\\n{question} ASSISTANT:"). A byte-level BPE tokenizer is fitted to the training captions. Writes
-OUT/captioner/ (transformers' native LLaVA format + tokenizer.json + prompt_format.json, what
-`build_engines.py --captioner` reads), OUT/train_state.safetensors, OUT/log.jsonl, OUT/metrics.json.
+The vision tower is the preset's random one, or `vision_tower` (a vision_tower.safetensors); with
+`train_tower` the caption loss also trains the tower blocks it reaches (up to LLaVA's feature layer, -2:
+every block but the last; the demo keeps the segmenter run's tower frozen, since one tower pass feeds both
+at deployment). The projector and the Phi-architecture LM are trained with next-token cross-entropy on the
+answer, in the exact prompt the runtime sends ("{system} USER: <image> x N\\n{question} ASSISTANT:"). A
+byte-level BPE tokenizer is fitted to the training captions. Writes OUT/captioner/ (transformers' native
+LLaVA format + tokenizer.json + prompt_format.json, what `build_engines.py --captioner` reads),
+OUT/vision_tower.safetensors (its tower in the project's checkpoint format, for a segmenter run to start
+from), OUT/train_state.safetensors, OUT/log.jsonl, OUT/metrics.json. Evaluation: greedy captions of 50
+validation scenes, exact match and object-prior F1 (as runtime.evaluate scores a build).
 """
 from __future__ import annotations
 
@@ -18,10 +22,13 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from llmformer.captioner import LLAVA_PHI_PROMPT, build_random_llava, build_tiny_tokenizer, save_captioner, tiny_phi_config
-from llmformer.checkpoint import load_component
+from llmformer.checkpoint import load_component, save_component
 from llmformer.presets import get_preset
 from llmformer.vision_tower import VisionTower
 from runtime.decode import PromptFormat
+from runtime.evaluate import object_f1
+from runtime.nlp import load_nlp
+from runtime.priors import parse
 from llmformer.train.common import (STATE_FILE, Dist, Logger, optimizer_step, prepare_run, rank_batch, resume, save_state,
                           seed_everything, set_threads)
 from llmformer.train.config import TrainConfig
@@ -61,28 +68,38 @@ class PromptBuilder:
         return ids, mask, labels
 
 
+def caption_blocks(llava) -> int:
+    """How many tower blocks LLaVA's feature layer reads through (hidden_states[k] follows block k)."""
+    layer, blocks = llava.config.vision_feature_layer, llava.config.vision_config.num_hidden_layers
+    return layer if layer >= 0 else blocks + 1 + layer
+
+
 def build(cfg: TrainConfig, train_set):
     preset = get_preset(cfg.preset)
-    if not cfg.vision_tower:
-        raise ValueError("the captioner run needs vision_tower: the vision_tower.safetensors of the segmenter run")
-    tower = load_component(cfg.vision_tower)
-    if not isinstance(tower, VisionTower):
-        raise ValueError(f"{cfg.vision_tower} does not hold a vision tower")
     corpus = [train_set[i].canonical_caption for i in range(min(len(train_set), 4000))]
     tokenizer = build_tiny_tokenizer(cfg.tokenizer_vocab, corpus=corpus)
     text = tiny_phi_config(len(tokenizer.get_vocab()), **{"initializer_range": 0.02, **cfg.captioner_text})
     llava = build_random_llava(preset.vision_tower, text, tokenizer, seed=cfg.seed)
-    llava.model.vision_tower.load_state_dict(tower.model.state_dict(), strict=True)
-    for p in llava.model.vision_tower.parameters():
-        p.requires_grad_(False)
+    if cfg.vision_tower:
+        tower = load_component(cfg.vision_tower)
+        if not isinstance(tower, VisionTower):
+            raise ValueError(f"{cfg.vision_tower} does not hold a vision tower")
+        llava.model.vision_tower.load_state_dict(tower.model.state_dict(), strict=True)
+    reached = caption_blocks(llava)
+    for name, p in llava.model.vision_tower.named_parameters():
+        # Blocks after the feature layer and the pooled output's norm get no gradient from the caption.
+        block = int(name.split("encoder.layers.")[1].split(".")[0]) if "encoder.layers." in name else -1
+        p.requires_grad_(cfg.train_tower and block < reached and "post_layernorm" not in name)
     return preset, llava, tokenizer
 
 
 @torch.no_grad()
-def exact_match(llava, builder: PromptBuilder, preset, scenes, max_new_tokens: int) -> dict[str, float]:
-    """Greedy captions (transformers' generate) of `scenes` against their canonical captions."""
+def caption_scores(llava, builder: PromptBuilder, preset, scenes, max_new_tokens: int, nlp) -> dict:
+    """Greedy captions (transformers' generate) of `scenes`: exact match against their canonical captions
+    and object-prior F1 (the runtime's parser on the caption vs the scene's object names, as
+    runtime.evaluate scores a build)."""
     llava.eval()
-    hits, examples = 0, []
+    hits, examples, parsed, truth = 0, [], [], []
     for i in range(len(scenes)):
         scene = scenes[i]
         _, pixels = preprocess([scene.image], preset)
@@ -91,10 +108,13 @@ def exact_match(llava, builder: PromptBuilder, preset, scenes, max_new_tokens: i
                              max_new_tokens=max_new_tokens, do_sample=False)
         text = builder.tok.decode(out[0, ids.shape[1]:].tolist(), skip_special_tokens=True).strip()
         hits += text == scene.canonical_caption.strip()
+        parsed.append(parse(text, nlp=nlp).names)
+        truth.append(scene.names)
         if len(examples) < 3:
             examples.append({"caption": text, "truth": scene.canonical_caption})
     llava.train()
-    return {"exact_match": hits / max(len(scenes), 1) * 100, "examples": examples}
+    return {"exact_match": hits / max(len(scenes), 1) * 100, "object_f1": object_f1(parsed, truth),
+            "examples": examples}
 
 
 def main(cfg: TrainConfig) -> dict:
@@ -105,7 +125,6 @@ def main(cfg: TrainConfig) -> dict:
     train_set = open_split(cfg.dataset, "train", get_preset(cfg.preset).segmenter.frame_size)
     preset, llava, tokenizer = build(cfg, train_set)
     llava.train()
-    llava.model.vision_tower.eval()
     builder = PromptBuilder(tokenizer, preset.vision_tower.grid ** 2)
     params = [p for p in llava.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -115,6 +134,7 @@ def main(cfg: TrainConfig) -> dict:
     val_set = open_split(cfg.dataset, "val", preset.segmenter.frame_size) if d.main else None
     global_batch = cfg.batch_size * d.world
     metrics: dict = {}
+    nlp = load_nlp() if d.main else None
     for step in range(start, cfg.steps):
         items = rank_batch(train_set, step, cfg.batch_size, d)
         _, pixels = preprocess([it.image for it in items], preset)
@@ -130,11 +150,14 @@ def main(cfg: TrainConfig) -> dict:
         if d.main and ((cfg.eval_every and (step + 1) % cfg.eval_every == 0) or last):
             t0 = time.perf_counter()
             n = min(len(val_set), 50)
-            metrics = exact_match(llava, builder, preset, [val_set[i] for i in range(n)], cfg.max_new_tokens)
-            log(step, {"val_exact_match": metrics["exact_match"], "eval_s": time.perf_counter() - t0}, kind="eval")
+            metrics = caption_scores(llava, builder, preset, [val_set[i] for i in range(n)], cfg.max_new_tokens, nlp)
+            log(step, {"val_exact_match": metrics["exact_match"], "val_object_f1": metrics["object_f1"],
+                       "eval_s": time.perf_counter() - t0}, kind="eval")
         d.barrier()
     if d.main:
         save_captioner(llava.eval(), tokenizer, out / CAPTIONER_DIR)
+        save_component(VisionTower(llava.model.vision_tower, preset.vision_tower.feature_layers),
+                       out / "vision_tower.safetensors")
         (out / "metrics.json").write_text(json.dumps({"steps": cfg.steps, "world_size": d.world,
                                                       "global_batch": global_batch, "val": metrics}, indent=2) + "\n")
     d.close()

@@ -51,7 +51,7 @@ class TrainConfig:
     eval_every: int = 500            # 0: only at the end
     ckpt_every: int = 250
     # segmenter
-    train_tower: bool = True         # train the (random-initialised) demo tower with the segmenter
+    train_tower: bool = True         # train the tower with this run's loss (captioner: the blocks it reaches)
     vision_tower: str | None = None  # start from this vision_tower.safetensors (else the preset's random tower)
     segmenter_overrides: dict[str, Any] = field(default_factory=dict)  # e.g. {"relation_attention": false}
     loss: dict[str, float] = field(default_factory=dict)                # train.losses.LossWeights fields
