@@ -327,6 +327,11 @@ def phi2_config(vocab_size: int = 51200, **overrides: Any) -> dict[str, Any]:
     return cfg
 
 
+# The tower layer LLaVA's projector reads (hidden_states[-2]: the output of the second-to-last block, as LLaVA-1.5
+# and LLaVA-Phi select); llmformer.train.tower trains the demo tower's tokens at this layer.
+LLAVA_FEATURE_LAYER = -2
+
+
 def build_random_llava(tower: VisionTowerConfig, text: dict[str, Any], tokenizer, seed: int = 0) -> nn.Module:
     """A LlavaForConditionalGeneration with random weights: the tower exactly as `build_vision_model(tower)`
     configures it, a Phi text model from `text` (PhiConfig keyword arguments), the LLaVA projector."""
@@ -342,7 +347,7 @@ def build_random_llava(tower: VisionTowerConfig, text: dict[str, Any], tokenizer
     config = LlavaConfig(
         vision_config=vision_config.to_dict(), text_config=PhiConfig(**text).to_dict(),
         image_token_index=vocab[image_token], image_seq_length=tower.grid ** 2,
-        vision_feature_layer=-2,
+        vision_feature_layer=LLAVA_FEATURE_LAYER,
         # CLIP towers drop the CLS token ("default"); SigLIP towers have none ("full").
         vision_feature_select_strategy="default" if tower.has_cls else "full",
         projector_hidden_act="gelu")

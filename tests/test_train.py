@@ -170,3 +170,35 @@ def test_an_ablated_segmenter_trains_on_two_processes(tmp_path):
     from llmformer.checkpoint import load_component
 
     assert load_component(out / "segmenter.safetensors").cfg.semantic_attention is False
+
+
+def test_the_tower_stage_learns_cell_class_mixes_on_two_processes_and_feeds_the_captioner(tmp_path):
+    """llmformer.train.tower: the loss falls on a fixed batch (4 scenes, 2 x 2 per step), the tower comes out in the
+    project's format, the cell targets are the label map's class mix per tower cell, and a captioner run starts
+    from the tower."""
+    from llmformer.checkpoint import load_component
+    from llmformer.train.tower import cell_mix
+
+    out = tmp_path / "tower"
+    run_train({"task": "tower", "preset": "demo", "out": str(out), "dataset": {"train_length": 4, "val_length": 2},
+               "steps": 30, "batch_size": 2, "lr": 0.005, "warmup_steps": 2, "log_every": 1, "eval_every": 0,
+               "ckpt_every": 100, "loss": {"mix": 1.0, "objects": 1.0}}, tmp_path, 2)
+    values = losses(out)
+    assert values[-1] < 0.7 * values[0], values
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and 0 <= metrics["val"]["object_accuracy"] <= 100
+    tower = load_component(out / "vision_tower.safetensors")
+    assert json.loads((out / "config.json").read_text())["task"] == "tower" and tower.layers == (2, 3, 4)
+    # A label map of two halves: each tower cell holds the mix of the classes under it.
+    labels = np.zeros((256, 256), np.uint8)
+    labels[:, 128:] = 3
+    labels[0, 0] = 255
+    mix = cell_mix([labels], 8, 20)[0]
+    assert mix.shape == (64, 20) and torch.allclose(mix.sum(-1), torch.ones(64))
+    assert mix[0, 0] == 1 and mix[7, 3] == 1
+    run_train({"task": "captioner", "preset": "demo", "out": str(tmp_path / "cap"),
+               "dataset": {"train_length": 4, "val_length": 1}, "vision_tower": str(out / "vision_tower.safetensors"),
+               "train_tower": False, "steps": 2, "batch_size": 2, "warmup_steps": 1, "log_every": 1, "eval_every": 0,
+               "ckpt_every": 100, "tokenizer_vocab": 300, "captioner_text": {"hidden_size": 32, "intermediate_size": 64,
+                                                                            "num_hidden_layers": 1}, "max_new_tokens": 4},
+              tmp_path)

@@ -1,4 +1,5 @@
-"""Train the segmenter or the captioner from a JSON config (see llmformer/train/config.py and llmformer/train/configs/).
+"""Train the vision tower, the segmenter or the captioner from a JSON config (see llmformer/train/config.py and
+llmformer/train/configs/).
 
     torchrun --nproc-per-node 2 -m llmformer.train llmformer/train/configs/demo_segmenter.json [--steps N] [--out DIR]
     python -m llmformer.train CONFIG.json            # one process
@@ -37,7 +38,9 @@ def _main(argv) -> int:
         cfg = TrainConfig.load(args.config, steps=args.steps, out=args.out, vision_tower=args.vision_tower)
     except ValueError as exc:  # TrainConfig's: the file, the key and what is wrong
         raise UsageError(str(exc)) from exc
-    if cfg.task == "segmenter":
+    if cfg.task == "tower":
+        from llmformer.train.tower import main as run
+    elif cfg.task == "segmenter":
         from llmformer.train.segmenter import main as run
     else:
         from llmformer.train.captioner import main as run

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-TASKS = ("segmenter", "captioner")
+TASKS = ("tower", "segmenter", "captioner")
 
 
 @dataclass
@@ -54,7 +54,7 @@ class TrainConfig:
     train_tower: bool = True         # train the tower with this run's loss (captioner: the blocks it reaches)
     vision_tower: str | None = None  # start from this vision_tower.safetensors (else the preset's random tower)
     segmenter_overrides: dict[str, Any] = field(default_factory=dict)  # e.g. {"relation_attention": false}
-    loss: dict[str, float] = field(default_factory=dict)                # train.losses.LossWeights fields
+    loss: dict[str, float] = field(default_factory=dict)  # segmenter: train.losses.LossWeights; tower: mix, objects
     # captioner
     captioner_text: dict[str, Any] = field(default_factory=dict)        # PhiConfig overrides of the tiny LM
     tokenizer_vocab: int = 512
