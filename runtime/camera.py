@@ -3,6 +3,8 @@
     python -m runtime.camera ARTIFACTS --source 0|FILE|RTSP_URL|GSTREAMER_PIPELINE
         [--vocabulary dog,couch,floor] [--caption-every 30] [--scene-change 0.15] [--caption TEXT]
         [--display | --headless] [--out-video out.avi] [--out-dir frames/] [--max-frames N] [--no-drop]
+    python -m runtime.camera --server http://host:8000 --stream-id cam0 --source ...   (a runtime.serve server
+        segments; the same overlays; see docs/serving.md)
 
 Sources (OpenCV VideoCapture): an int is a camera index (V4L2 /dev/videoN), a string with "!" a GStreamer
 pipeline (cv2.CAP_GSTREAMER; OpenCV must be built with GStreamer, as JetPack's is, unlike the PyPI
@@ -372,10 +374,11 @@ def run_loop(rt, frames: Iterable[np.ndarray], vocabulary: list[str] | None = No
 
 
 # -- command line -------------------------------------------------------------------------------------
-def add_runtime_args(ap: argparse.ArgumentParser) -> None:
+def add_runtime_args(ap: argparse.ArgumentParser, artifacts_optional: bool = False) -> None:
     """The arguments the camera loop and the profiler share. Every value is checked here, when the command
     line is parsed (a usage error, exit status 2), before anything is opened or loaded."""
-    ap.add_argument("artifacts", type=artifact_folder, help="artifact folder (export/build_engines.py --out)")
+    ap.add_argument("artifacts", type=artifact_folder, nargs="?" if artifacts_optional else None,
+                    help="artifact folder (export/build_engines.py --out)")
     ap.add_argument("--backend", default=None, choices=["onnxruntime", "torch", "tensorrt"])
     ap.add_argument("--threads", type=bounded(int, 1), default=None, help="intra-op threads per engine (>= 1)")
     ap.add_argument("--vocabulary", type=vocabulary_option, default=None,
@@ -481,7 +484,11 @@ def main(argv=None) -> int:
 def _main(argv) -> int:
     ap = CommandParser(prog="python -m runtime.camera", description=__doc__.split("\n\n")[0],
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_runtime_args(ap)
+    add_runtime_args(ap, artifacts_optional=True)
+    ap.add_argument("--server", default=None, metavar="URL",
+                    help="segment on a `python -m runtime.serve` server (http://host:8000 or grpc://host:8001) "
+                         "instead of a local build; captions are the server's, kept per --stream-id")
+    ap.add_argument("--stream-id", default=None, help="with --server: this stream's name there (default: --source)")
     ap.add_argument("--source", default="0", help="camera index, video file, stream URL or GStreamer pipeline")
     ap.add_argument("--max-frames", type=bounded(int, 1), default=None, help="stop after N frames (>= 1)")
     ap.add_argument("--display", action="store_true",
@@ -500,6 +507,12 @@ def _main(argv) -> int:
         ap.error("--display and --headless exclude each other")
     if args.caption_every == 0 and args.caption is None and args.vocabulary is None:
         ap.error("--caption-every 0 runs no captioner: pass --vocabulary and/or --caption")
+    if (args.server is None) == (args.artifacts is None):
+        ap.error("pass an artifact folder or --server URL" + (", not both" if args.server else ""))
+    if args.server is not None and (args.backend or args.threads):
+        ap.error("--backend and --threads are the server's own options (python -m runtime.serve) with --server")
+    if args.stream_id is not None and args.server is None:
+        ap.error("--stream-id names a stream on a server: pass --server URL too")
     check_source(args.source)
     display = args.display or not (args.headless or args.out_video or args.out_dir)
 
@@ -516,7 +529,17 @@ def _main(argv) -> int:
                 sinks.append(VideoSink(args.out_video, args.fps or source.fps or 30.0))
             if args.out_dir is not None:
                 sinks.append(PngSink(args.out_dir))
-            rt, vocabulary, caption = start_runtime(args)
+            if args.server is not None:
+                from runtime.client import RemoteRuntime
+
+                rt = RemoteRuntime(args.server, args.stream_id or args.source)
+                if not rt.ready():
+                    rt.close()
+                    raise SourceError(f"no ready server at {args.server} (start one: python -m runtime.serve "
+                                      f"ARTIFACTS)")
+                vocabulary, caption = parse_vocabulary(args.vocabulary), args.caption
+            else:
+                rt, vocabulary, caption = start_runtime(args)
             with rt:
                 print(f"{rt}: {args.source} -> {', '.join(type(s).__name__ for s in sinks) or 'no output'}")
                 stats = run_loop(rt, source, vocabulary, caption, sinks, args.max_frames)
