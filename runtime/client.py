@@ -52,6 +52,9 @@ class RemoteRuntime:
         self.url, self.stream_id, self.timeout_s = url, stream_id, timeout_s
         self.grpc = url.startswith("grpc://")
         address = url.split("://", 1)[-1].rstrip("/")
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:   # checked before tritonclient sees it
+            raise ServerError(f"{url!r} is not a server address: pass http://host:8000 or grpc://host:8001")
         try:
             if self.grpc:
                 import tritonclient.grpc as tc
@@ -61,6 +64,8 @@ class RemoteRuntime:
             raise CommandError("the client needs tritonclient: pip install 'llmformer-edge[serve]'") from None
         self._tc = tc
         kwargs = {} if self.grpc else {"connection_timeout": timeout_s, "network_timeout": timeout_s}
+        # gRPC takes its deadline per call (client_timeout); HTTP per connection, above.
+        self._call = {"client_timeout": timeout_s} if self.grpc else {}
         self._client = tc.InferenceServerClient(address, **kwargs)
         self.captioning = None     # captions are the server's (per stream)
         self.profiler = None
@@ -78,7 +83,7 @@ class RemoteRuntime:
         requested = [self._tc.InferRequestedOutput(name) if self.grpc
                      else self._tc.InferRequestedOutput(name, binary_data=True) for name in outputs]
         try:
-            return self._client.infer(model, inputs, outputs=requested)
+            return self._client.infer(model, inputs, outputs=requested, **self._call)
         except self._tc.InferenceServerException as exc:
             raise ServerError(f"{model} at {self.url}: {_reason(exc)}") from None
         except OSError as exc:   # refused, reset, timed out
@@ -86,7 +91,8 @@ class RemoteRuntime:
 
     def ready(self) -> bool:
         try:
-            return bool(self._client.is_server_ready()) and bool(self._client.is_model_ready(SEGMENT_MODEL))
+            return (bool(self._client.is_server_ready(**self._call))
+                    and bool(self._client.is_model_ready(SEGMENT_MODEL, **self._call)))
         except Exception:
             return False
 

@@ -147,7 +147,7 @@ class Server:
         """PyTriton's callable: a list of requests (one per Triton execution here) -> a list of outputs."""
         out = []
         for request in requests:
-            job = check_request(dict(request.items()), self.max_vocab)
+            job = check_request(dict(request.items()), self.max_vocab, self.runtimes[0].captioner is not None)
             self.batcher.submit(job)
             out.append(segmentation_outputs(job))
         return out
@@ -202,6 +202,10 @@ def bind_models(triton, server: Server, max_batch: int, instances: int) -> None:
         config=ModelConfig(batching=False), strict=False)
 
 
+# Requests in flight on one node: each is a PyTriton model instance, i.e. one Python stub process.
+MAX_IN_FLIGHT = 64
+
+
 def _parser() -> CommandParser:
     p = CommandParser(prog="python -m runtime.serve", description=__doc__.split("\n")[0])
     p.add_argument("artifacts", type=artifact_folder, help="artifact folder (export/build_engines.py --out)")
@@ -230,6 +234,10 @@ def _main(argv=None) -> int:
     ports = {"--http-port": args.http_port, "--grpc-port": args.grpc_port, "--metrics-port": args.metrics_port}
     if len(set(ports.values())) != len(ports):
         raise UsageError(f"the ports must differ: {', '.join(f'{k} {v}' for k, v in ports.items())}")
+    if args.max_batch * args.instances > MAX_IN_FLIGHT:
+        raise UsageError(f"--max-batch {args.max_batch} x --instances {args.instances} = "
+                         f"{args.max_batch * args.instances} requests in flight, each a Triton stub process: at most "
+                         f"{MAX_IN_FLIGHT}; lower one of them")
     _check_serving_stack()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     for name in ("pytriton", "tritonclient"):

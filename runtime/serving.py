@@ -105,7 +105,7 @@ class Job:
         self.done.set()
 
 
-def check_request(inputs: dict[str, Any], max_vocab: int) -> Job:
+def check_request(inputs: dict[str, Any], max_vocab: int, has_captioner: bool = True) -> Job:
     """A Job from one request's named inputs, or a RequestError / the runtime's own input error naming the
     tensor. Every check a frame would meet inside the batch is made here, before it is queued."""
     frame = inputs.get(Tensors.FRAME)
@@ -126,6 +126,9 @@ def check_request(inputs: dict[str, Any], max_vocab: int) -> Job:
         caption = check_text(caption, "caption")
         if vocabulary is None and not any(ch.isalpha() for ch in caption):
             raise RequestError(f"no vocabulary was given and the caption {caption[:80]!r} names no objects")
+    if vocabulary is None and caption is None and not has_captioner:
+        raise RequestError(f"this build has no captioner: send '{Tensors.VOCABULARY}' (class names), "
+                           f"'{Tensors.CAPTION}' (a description of the frame), or both")
     stream_id = _one_string(inputs.get(Tensors.STREAM_ID), Tensors.STREAM_ID, 4 * MAX_STREAM_ID)
     if stream_id is not None:
         stream_id = stream_id.strip()
@@ -193,7 +196,9 @@ class StreamCaptions:
                 state.frames = 0
             elif due:
                 state.frames = 0
-                state.pending = frame            # latest-frame policy: an older pending frame is dropped
+                # Latest-frame policy (an older pending frame is dropped); a copy: the request's input lives in
+                # PyTriton's shared memory, which the next request may reuse once this one is answered.
+                state.pending = frame.copy()
                 self._lock.notify()
         if caption is None and not has_vocabulary:
             caption = self.caption_fn(frame)
@@ -253,6 +258,7 @@ class Batcher:
         self._queue: queue.Queue = queue.Queue()
         self.batches = self.frames = 0
         self._closed = False
+        self._state = threading.Lock()    # _closed with the queue; the counters
         self._threads = [threading.Thread(target=self._work, args=(rt,), name=f"batcher-{i}", daemon=True)
                          for i, rt in enumerate(self.runtimes)]
         for t in self._threads:
@@ -260,9 +266,10 @@ class Batcher:
 
     def submit(self, job: Job, timeout: float | None = None) -> Job:
         """Queue `job` and wait for it; raises its error (the runtime's input error, or RequestError)."""
-        if self._closed:
-            raise RequestError("the server is shutting down")
-        self._queue.put(job)
+        with self._state:   # with close(): a job is queued before the stop signals or refused, never after
+            if self._closed:
+                raise RequestError("the server is shutting down")
+            self._queue.put(job)
         if not job.done.wait(timeout):
             raise RequestError(f"no result within {timeout:g} s")
         if job.error is not None:
@@ -323,15 +330,17 @@ class Batcher:
                 except Exception as exc:
                     job.finish(error=exc)
             return
-        self.batches += 1
-        self.frames += len(ready)
+        with self._state:
+            self.batches += 1
+            self.frames += len(ready)
         for (job, _), seg in zip(ready, results):
             job.finish(seg)
 
     def close(self, timeout: float = 10.0) -> None:
         """Finish the queued jobs, then stop the workers."""
-        self._closed = True
-        self._queue.put(_STOP)
+        with self._state:
+            self._closed = True
+            self._queue.put(_STOP)
         for t in self._threads:
             t.join(timeout)
         while True:   # anything queued after the workers left gets an error, not a hang

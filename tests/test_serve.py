@@ -22,7 +22,7 @@ import pytest
 
 from conftest import ROOT
 
-SERVE_PYTHON = os.environ.get("LLMFORMER_SERVE_PYTHON", sys.executable)
+SERVE_PYTHON = os.environ.get("LLMFORMER_SERVE_PYTHON") or sys.executable
 VOCABULARIES = [["ball", "box"], ["sky", "grass", "tree"], ["cat"], ["road", "car", "person", "sign"]]
 CAPTIONS = ["a red ball on a box", None, "a cat on a mat", "a car on the road"]
 
