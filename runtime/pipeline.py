@@ -318,7 +318,12 @@ class Runtime:
         `name`: the vocabulary and prior embeddings change when the vocabulary or the caption does, not per frame."""
         key = (engine.name, name)
         held = self._resident.get(key)
-        if held is not None and held[0].shape == array.shape and np.array_equal(held[0], array):
+        if held is not None and held[0].shape == array.shape:
+            if not np.array_equal(held[0], array):
+                # Same shape, new values (streams alternating vocabularies): rewrite the buffer in place rather
+                # than free and allocate device memory every frame.
+                held[1].write(np.ascontiguousarray(array, held[1].dtype))
+                held[0][...] = array
             return held[1]
         tensor = engine.allocate(name, array.shape)
         tensor.write(np.ascontiguousarray(array, tensor.dtype))

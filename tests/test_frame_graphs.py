@@ -99,6 +99,22 @@ def test_device_frame_path_moves_only_the_frame_labels_and_scores(tiny_artifacts
             np.testing.assert_allclose(seg.scores, ref.scores, atol=0.02)
 
 
+
+def test_alternating_vocabularies_rewrite_the_resident_embeddings(tiny_artifacts):
+    """Streams with different vocabularies of one size, interleaved (the server's batches): the embeddings kept on
+    the device are rewritten in place, and every frame is labelled with its own vocabulary."""
+    import runtime
+    from llmformer.data.frames import demo_frame
+
+    frame, caption = demo_frame(1, (96, 128)), "a ball on a box"
+    vocabularies = [["ball", "box", "table", "wall"], ["dog", "cat", "sofa", "floor"]]
+    with runtime.load(tiny_artifacts, frame_path="device") as rt, runtime.load(tiny_artifacts, frame_path="host") as host:
+        refs = [host.segment(frame, vocabulary=v, caption=caption) for v in vocabularies]
+        for v, ref in [(v, r) for _ in range(2) for v, r in zip(vocabularies, refs)]:
+            seg = rt.segment(frame, vocabulary=v, caption=caption)
+            assert seg.classes == v and (seg.labels == ref.labels).mean() > 0.98
+            np.testing.assert_allclose(seg.scores, ref.scores, atol=0.02)
+
 def test_frame_graphs_are_optional_in_the_manifest_and_come_as_a_pair(tiny_artifacts):
     import runtime
 
