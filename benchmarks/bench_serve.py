@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -39,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 
 import runtime  # noqa: E402
-from benchmarks.common import machine, pct  # noqa: E402
+from benchmarks.common import free_ports, machine, pct  # noqa: E402
 from runtime.camera import run_loop  # noqa: E402
 
 CAPTION = "a scene with objects"
@@ -60,16 +59,6 @@ def samples(folder: Path):
         out.append((frame, list(s.vocabulary)))
     rt_manifest.close()
     return out
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def start_server(folder: Path, extra: list[str]):

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from benchmarks.common import free_ports
 from conftest import ROOT
 
 SERVE_PYTHON = os.environ.get("LLMFORMER_SERVE_PYTHON") or sys.executable
@@ -208,16 +209,6 @@ def _serve_python_problem() -> str | None:
         return (f"{SERVE_PYTHON} cannot run PyTriton ({why}): PyTriton 0.7 needs numpy<2; make a serving "
                 f"environment with `bash .ci/serve_env` and set LLMFORMER_SERVE_PYTHON to the path it prints")
     return None
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def descendants(pid: int) -> set[int]:

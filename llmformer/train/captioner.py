@@ -22,15 +22,15 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from llmformer.captioner import LLAVA_PHI_PROMPT, build_random_llava, build_tiny_tokenizer, save_captioner, tiny_phi_config
-from llmformer.checkpoint import load_component, save_component
+from llmformer.checkpoint import save_component
 from llmformer.presets import get_preset
 from llmformer.vision_tower import VisionTower
 from runtime.decode import PromptFormat
 from runtime.evaluate import object_f1
 from runtime.nlp import load_nlp
 from runtime.priors import parse
-from llmformer.train.common import (STATE_FILE, Dist, Logger, optimizer_step, prepare_run, rank_batch, resume, save_state,
-                          seed_everything, set_threads)
+from llmformer.train.common import (STATE_FILE, Dist, Logger, due, optimizer_step, prepare_run, rank_batch, resume,
+                                    save_state, seed_everything, set_threads, start_tower)
 from llmformer.train.config import TrainConfig
 from llmformer.train.data import open_split
 from llmformer.train.segmenter import preprocess
@@ -81,10 +81,7 @@ def build(cfg: TrainConfig, train_set):
     text = tiny_phi_config(len(tokenizer.get_vocab()), **{"initializer_range": 0.02, **cfg.captioner_text})
     llava = build_random_llava(preset.vision_tower, text, tokenizer, seed=cfg.seed)
     if cfg.vision_tower:
-        tower = load_component(cfg.vision_tower)
-        if not isinstance(tower, VisionTower):
-            raise ValueError(f"{cfg.vision_tower} does not hold a vision tower")
-        llava.model.vision_tower.load_state_dict(tower.model.state_dict(), strict=True)
+        llava.model.vision_tower.load_state_dict(start_tower(cfg, preset).model.state_dict(), strict=True)
     reached = caption_blocks(llava)
     for name, p in llava.model.vision_tower.named_parameters():
         # Blocks after the feature layer and the pooled output's norm get no gradient from the caption.
@@ -144,10 +141,9 @@ def main(cfg: TrainConfig) -> dict:
         optimizer_step(optimizer, params, loss, step, cfg)
         if (step + 1) % cfg.log_every == 0 or step == start:
             log(step, d.mean({"loss": float(loss.detach())}) | {"lr": optimizer.param_groups[0]["lr"]})
-        last = step + 1 == cfg.steps
-        if d.main and ((step + 1) % cfg.ckpt_every == 0 or last):
+        if d.main and due(step, cfg.ckpt_every, cfg.steps):
             save_state(state_path, llava, optimizer, step + 1)
-        if d.main and ((cfg.eval_every and (step + 1) % cfg.eval_every == 0) or last):
+        if d.main and due(step, cfg.eval_every, cfg.steps):
             t0 = time.perf_counter()
             n = min(len(val_set), 50)
             metrics = caption_scores(llava, builder, preset, [val_set[i] for i in range(n)], cfg.max_new_tokens, nlp)

@@ -168,6 +168,24 @@ def optimizer_step(optimizer: torch.optim.Optimizer, params: list, loss: torch.T
     optimizer.step()
 
 
+def due(step: int, every: int, steps: int) -> bool:
+    """Whether step `step` (0-based) ends a period of `every` steps (0: never) or the run."""
+    return bool(every and (step + 1) % every == 0) or step + 1 == steps
+
+
+def start_tower(cfg: TrainConfig, preset):
+    """The run's starting tower: `cfg.vision_tower` (a vision_tower.safetensors) or the preset's random one."""
+    from llmformer.checkpoint import load_component
+    from llmformer.vision_tower import VisionTower, build_vision_model
+
+    if not cfg.vision_tower:
+        return VisionTower(build_vision_model(preset.vision_tower), preset.vision_tower.feature_layers)
+    tower = load_component(cfg.vision_tower)
+    if not isinstance(tower, VisionTower):
+        raise ValueError(f"{cfg.vision_tower} does not hold a vision tower")
+    return tower
+
+
 def set_threads(n: int) -> None:
     torch.set_num_threads(n)
     try:

@@ -19,14 +19,14 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from llmformer.checkpoint import load_component, save_component
+from llmformer.checkpoint import save_component
 from llmformer.presets import IMAGENET_MEAN, IMAGENET_STD, Preset, get_preset
 from llmformer.segmenter import LLMFormerSegmenter, semantic_inference
-from llmformer.vision_tower import VisionTower, build_vision_model
+from llmformer.vision_tower import VisionTower
 from runtime.evaluate import Confusion
 from runtime.frames import to_tensor
-from llmformer.train.common import (STATE_FILE, Dist, Logger, optimizer_step, prepare_run, rank_batch, resume, save_state,
-                          seed_everything, set_threads)
+from llmformer.train.common import (STATE_FILE, Dist, Logger, due, optimizer_step, prepare_run, rank_batch, resume,
+                                    save_state, seed_everything, set_threads, start_tower)
 from llmformer.train.config import TrainConfig
 from llmformer.train.data import open_split
 from llmformer.train.losses import LossWeights, semantic_targets, set_criterion
@@ -57,13 +57,7 @@ def build_models(cfg: TrainConfig) -> tuple[Preset, VisionTower, LLMFormerSegmen
     preset = get_preset(cfg.preset)
     if cfg.segmenter_overrides:
         preset = dataclasses.replace(preset, segmenter=dataclasses.replace(preset.segmenter, **cfg.segmenter_overrides))
-    if cfg.vision_tower:
-        tower = load_component(cfg.vision_tower)
-        if not isinstance(tower, VisionTower):
-            raise ValueError(f"{cfg.vision_tower} does not hold a vision tower")
-    else:
-        tower = VisionTower(build_vision_model(preset.vision_tower), preset.vision_tower.feature_layers)
-    return preset, tower.train(), LLMFormerSegmenter(preset.segmenter).train()
+    return preset, start_tower(cfg, preset).train(), LLMFormerSegmenter(preset.segmenter).train()
 
 
 def preprocess(images: list[np.ndarray], preset: Preset) -> tuple[torch.Tensor, torch.Tensor]:
@@ -128,12 +122,11 @@ def main(cfg: TrainConfig) -> dict:
         optimizer_step(optimizer, params, loss, step, cfg)
         if (step + 1) % cfg.log_every == 0 or step == start:
             log(step, d.mean({"loss": float(loss.detach()), **parts}) | {"lr": optimizer.param_groups[0]["lr"]})
-        last = step + 1 == cfg.steps
-        if d.main and ((step + 1) % cfg.ckpt_every == 0 or last):
+        if d.main and due(step, cfg.ckpt_every, cfg.steps):
             save_state(state_path, model, optimizer, step + 1)
             save_component(segmenter, out / "segmenter.safetensors")
             save_component(tower, out / "vision_tower.safetensors")
-        if d.main and ((cfg.eval_every and (step + 1) % cfg.eval_every == 0) or last):
+        if d.main and due(step, cfg.eval_every, cfg.steps):
             t0 = time.perf_counter()
             metrics = evaluate(model, preset, text, val_set, classes)
             log(step, {"val_miou": metrics["miou"], "val_pixel_acc": metrics["pixel_accuracy"],

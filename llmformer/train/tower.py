@@ -27,15 +27,15 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from llmformer.captioner import LLAVA_FEATURE_LAYER
-from llmformer.checkpoint import load_component, save_component
+from llmformer.checkpoint import save_component
 from llmformer.data.synthetic import BACKGROUND_NAMES
 from llmformer.presets import get_preset
-from llmformer.train.common import (STATE_FILE, Dist, Logger, optimizer_step, prepare_run, rank_batch, resume,
-                                    save_state, seed_everything, set_threads)
+from llmformer.train.common import (STATE_FILE, Dist, Logger, due, optimizer_step, prepare_run, rank_batch, resume,
+                                    save_state, seed_everything, set_threads, start_tower)
 from llmformer.train.config import TrainConfig
 from llmformer.train.data import open_split
 from llmformer.train.segmenter import preprocess
-from llmformer.vision_tower import VisionTower, build_vision_model
+from llmformer.vision_tower import VisionTower
 
 LOSS_TERMS = {"mix": 1.0, "objects": 1.0}
 COVERED = 0.1        # a cell counts for the objects term where objects cover more than this
@@ -118,12 +118,7 @@ def main(cfg: TrainConfig) -> dict:
     train_set = open_split(cfg.dataset, "train", preset.segmenter.frame_size)
     classes = len(train_set.classes)
     objects = torch.tensor([c not in BACKGROUND_NAMES for c in train_set.classes])
-    if cfg.vision_tower:
-        tower = load_component(cfg.vision_tower)
-        if not isinstance(tower, VisionTower):
-            raise ValueError(f"{cfg.vision_tower} does not hold a vision tower")
-    else:
-        tower = VisionTower(build_vision_model(preset.vision_tower), preset.vision_tower.feature_layers)
+    tower = start_tower(cfg, preset)
     model = TowerWithPatchHead(tower, classes, preset.vision_tower.has_cls).train().to(d.device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -140,11 +135,10 @@ def main(cfg: TrainConfig) -> dict:
         optimizer_step(optimizer, params, loss, step, cfg)
         if (step + 1) % cfg.log_every == 0 or step == start:
             log(step, d.mean({"loss": float(loss.detach()), **parts}) | {"lr": optimizer.param_groups[0]["lr"]})
-        last = step + 1 == cfg.steps
-        if d.main and ((step + 1) % cfg.ckpt_every == 0 or last):
+        if d.main and due(step, cfg.ckpt_every, cfg.steps):
             save_state(state_path, model, optimizer, step + 1)
             save_component(tower, out / "vision_tower.safetensors")
-        if d.main and ((cfg.eval_every and (step + 1) % cfg.eval_every == 0) or last):
+        if d.main and due(step, cfg.eval_every, cfg.steps):
             t0 = time.perf_counter()
             metrics = evaluate(model, preset, val_set, classes, objects)
             log(step, {"val_object_accuracy": metrics["object_accuracy"], "eval_s": time.perf_counter() - t0},
