@@ -407,11 +407,14 @@ def export_frame_graphs(staging: Path, manifest: Manifest, args: BuildConfig) ->
     t = time.perf_counter()
     vision, segmenter = manifest.preprocess[VISION_TOWER.component], manifest.preprocess[SEGMENTER.component]
     mask_shape = manifest.components[SEGMENTER.component].output(SEGMENTER.mask_logits).shape[1:]
-    # class_logits is an input here (an output of the segmenter): TensorRT needs its range, V + 1 for V in 1..max.
-    vocab_lo, vocab_hi = DEFAULT_RANGES[VOCAB_AXIS]
-    ranges = {**DEFAULT_RANGES, CLASS_AXIS: (vocab_lo + 1, vocab_hi + 1), **frame_graphs.FRAME_RANGE}
+    # class_logits is an input here (an output of the segmenter): TensorRT needs its range, V + 1 for V over the
+    # vocabulary range the segmenter was built for (what the runtime reads too).
+    vocab = manifest.components[SEGMENTER.component].input(SEGMENTER.vocab_embeddings)
+    vocab_lo, vocab_hi = (vocab.min_shape[0], vocab.max_shape[0]) if vocab.max_shape else DEFAULT_RANGES[VOCAB_AXIS]
+    ranges = {**DEFAULT_RANGES, VOCAB_AXIS: (vocab_lo, vocab_hi), CLASS_AXIS: (vocab_lo + 1, vocab_hi + 1),
+              **frame_graphs.FRAME_RANGE}
     graphs = {FRAME_PREPROCESS.component: frame_graphs.preprocess_graph(vision, segmenter),
-              SEMANTIC_MAP.component: frame_graphs.semantic_graph(mask_shape, DEFAULT_RANGES[VOCAB_AXIS][1])}
+              SEMANTIC_MAP.component: frame_graphs.semantic_graph(mask_shape, vocab_hi)}
     out = {}
     for name, model in graphs.items():
         inferred = check_onnx(model)

@@ -155,11 +155,9 @@ class Server:
     def infer_caption(self, requests):
         out = []
         for request in requests:
-            frame = request.data.get(Tensors.FRAME)
+            frame = dict(request.items()).get(Tensors.FRAME)
             if frame is None:
                 raise RequestError(f"the request has no '{Tensors.FRAME}' input (UINT8, H x W x 3 RGB)")
-            if self.runtimes[0].captioner is None:
-                raise RequestError("this build has no captioner")
             out.append({Tensors.CAPTION: _strings_out([self.runtimes[0].caption(frame).text])})
         return out
 
@@ -196,10 +194,11 @@ def bind_models(triton, server: Server, max_batch: int, instances: int) -> None:
                  Tensor(name=Tensors.CAPTION, dtype=bytes, shape=(1,)),
                  Tensor(name=Tensors.TIMINGS, dtype=bytes, shape=(1,))],
         config=ModelConfig(batching=False), strict=False)
-    triton.bind(
-        model_name=CAPTION_MODEL, infer_func=server.infer_caption, inputs=[frame],
-        outputs=[Tensor(name=Tensors.CAPTION, dtype=bytes, shape=(1,))],
-        config=ModelConfig(batching=False), strict=False)
+    if server.runtimes[0].captioner is not None:   # a build without a captioner serves no caption model
+        triton.bind(
+            model_name=CAPTION_MODEL, infer_func=server.infer_caption, inputs=[frame],
+            outputs=[Tensor(name=Tensors.CAPTION, dtype=bytes, shape=(1,))],
+            config=ModelConfig(batching=False), strict=False)
 
 
 # Requests in flight on one node: each is a PyTriton model instance, i.e. one Python stub process.
@@ -293,7 +292,8 @@ def _main(argv=None) -> int:
                 log.warning("Triton did not start (%s: %s); starting again (%d/%d)", type(exc).__name__, exc,
                             attempt + 1, START_ATTEMPTS)
         host = "127.0.0.1" if args.address == "0.0.0.0" else args.address
-        print(f"serving {SEGMENT_MODEL} and {CAPTION_MODEL} from {args.artifacts}: http://{host}:{args.http_port} "
+        models = SEGMENT_MODEL + (f" and {CAPTION_MODEL}" if server.runtimes[0].captioner is not None else "")
+        print(f"serving {models} from {args.artifacts}: http://{host}:{args.http_port} "
               f"grpc {host}:{args.grpc_port} metrics http://{host}:{args.metrics_port}/metrics "
               f"(instances {args.instances}, max batch {args.max_batch}, queue delay {args.max_queue_delay_ms:g} ms)",
               flush=True)
