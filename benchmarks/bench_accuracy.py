@@ -93,7 +93,7 @@ def main(argv=None) -> int:
     base = results["torch/fp32"]
     header = f"{'backend / precision':<22}"
     for split in args.splits:
-        header += f"| {split + ' given/gt':>18} {'given/model':>12} {'open/model':>11} {'Δ vs torch':>10} "
+        header += f"| {split + ' given/gt':>18} {'given/none':>11} {'given/model':>12} {'open/model':>11} {'Δ vs torch':>10} "
     print("\nmIoU (pixel accuracy) per split; settings in runtime/evaluate.py")
     print(header)
     for key, r in results.items():
@@ -102,6 +102,7 @@ def main(argv=None) -> int:
             s = r[split]
             delta = s["given_gt"]["miou"] - base[split]["given_gt"]["miou"]
             line += (f"| {s['given_gt']['miou']:7.2f} ({s['given_gt']['pixel_accuracy']:5.1f})"
+                     f"  {s.get('given_none', {}).get('miou', float('nan')):10.2f}"
                      f"  {s.get('given_model', {}).get('miou', float('nan')):11.2f}"
                      f" {s.get('open_model', {}).get('miou', float('nan')):11.2f} {delta:+10.2f} ")
         print(line)
