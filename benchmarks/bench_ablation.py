@@ -2,10 +2,11 @@
 module switched off, all with the same budget, compared on the validation split (PyTorch, priors from the
 scenes' captions, the split's class names as the vocabulary).
 
-    python benchmarks/bench_ablation.py [--steps 200] [--nproc 2] [--work runs/ablation]
+    python benchmarks/bench_ablation.py [--steps 200] [--nproc 2] [--work runs/ablation] [--vision-tower PATH]
 
 Each variant is a real training run of the demo preset (llmformer/train/configs/demo_segmenter.json with
-`segmenter_overrides` and `--steps`), from the same seed, data order and schedule.
+`segmenter_overrides` and `--steps`), from the same seed, data order and schedule, on the tower stage's tower
+(frozen, as the demo recipe trains it: `--vision-tower`, default the config's runs/demo_tower/...).
 """
 from __future__ import annotations
 
@@ -35,8 +36,16 @@ def main(argv=None) -> int:
     ap.add_argument("--nproc", type=int, default=2)
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "ablation")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS))
+    ap.add_argument("--vision-tower", type=Path, default=None,
+                    help="the tower stage's vision_tower.safetensors (default: the config's)")
     args = ap.parse_args(argv)
-    base = json.loads((ROOT / "train" / "configs" / "demo_segmenter.json").read_text())
+    base = json.loads((ROOT / "llmformer" / "train" / "configs" / "demo_segmenter.json").read_text())
+    tower = args.vision_tower or ROOT / base["vision_tower"]
+    if not Path(tower).is_file():
+        print(f"error: no tower at {tower}: run the tower stage first (torchrun --nproc-per-node 2 -m llmformer.train "
+              f"llmformer/train/configs/demo_tower.json) or pass --vision-tower", file=sys.stderr)
+        return 2
+    base["vision_tower"] = str(Path(tower).resolve())
     print(f"machine: {machine()}; demo preset, {args.steps} steps x {base['batch_size']} x {args.nproc} processes",
           flush=True)
     results = {}
@@ -50,7 +59,7 @@ def main(argv=None) -> int:
         if not (out / "metrics.json").is_file():
             t0 = time.perf_counter()
             subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(args.nproc),
-                            "-m", "train", str(path)], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+                            "-m", "llmformer.train", str(path)], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
             print(f"trained '{name}' in {time.perf_counter() - t0:.0f} s", flush=True)
         results[name] = json.loads((out / "metrics.json").read_text())["val"]
     print(f"\nvalidation split ({base['dataset']['val_length']} scenes), PyTorch FP32, {args.steps} steps each")
