@@ -30,7 +30,7 @@ from runtime.evaluate import object_f1
 from runtime.nlp import load_nlp
 from runtime.priors import parse
 from llmformer.train.common import (STATE_FILE, Dist, Logger, due, optimizer_step, prepare_run, rank_batch, resume,
-                                    save_state, seed_everything, set_threads, start_tower)
+                                    save_state, seed_everything, set_threads, start_tower, train_tower_through)
 from llmformer.train.config import TrainConfig
 from llmformer.train.data import open_split
 from llmformer.train.segmenter import preprocess
@@ -68,12 +68,6 @@ class PromptBuilder:
         return ids, mask, labels
 
 
-def caption_blocks(llava) -> int:
-    """How many tower blocks LLaVA's feature layer reads through (hidden_states[k] follows block k)."""
-    layer, blocks = llava.config.vision_feature_layer, llava.config.vision_config.num_hidden_layers
-    return layer if layer >= 0 else blocks + 1 + layer
-
-
 def build(cfg: TrainConfig, train_set):
     preset = get_preset(cfg.preset)
     corpus = [train_set[i].canonical_caption for i in range(min(len(train_set), 4000))]
@@ -82,11 +76,7 @@ def build(cfg: TrainConfig, train_set):
     llava = build_random_llava(preset.vision_tower, text, tokenizer, seed=cfg.seed)
     if cfg.vision_tower:
         llava.model.vision_tower.load_state_dict(start_tower(cfg, preset).model.state_dict(), strict=True)
-    reached = caption_blocks(llava)
-    for name, p in llava.model.vision_tower.named_parameters():
-        # Blocks after the feature layer and the pooled output's norm get no gradient from the caption.
-        block = int(name.split("encoder.layers.")[1].split(".")[0]) if "encoder.layers." in name else -1
-        p.requires_grad_(cfg.train_tower and block < reached and "post_layernorm" not in name)
+    train_tower_through(llava.model.vision_tower, llava.config.vision_feature_layer, cfg.train_tower)
     return preset, llava, tokenizer
 
 

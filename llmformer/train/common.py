@@ -186,6 +186,17 @@ def start_tower(cfg: TrainConfig, preset):
     return tower
 
 
+def train_tower_through(model: nn.Module, feature_layer: int, train: bool = True) -> None:
+    """Mark trainable (`train`) what a read of `hidden_states[feature_layer]` of this CLIP/SigLIP vision model
+    reaches: the embeddings and the blocks up to that layer (hidden_states[k] follows block k). The later blocks
+    and the pooled output's norm get no gradient from it, and DDP wants every trained parameter used."""
+    layers = model.config.num_hidden_layers
+    reached = feature_layer if feature_layer >= 0 else layers + 1 + feature_layer
+    for name, p in model.named_parameters():
+        block = int(name.split("encoder.layers.")[1].split(".")[0]) if "encoder.layers." in name else -1
+        p.requires_grad_(train and block < reached and "post_layernorm" not in name)
+
+
 def set_threads(n: int) -> None:
     torch.set_num_threads(n)
     try:

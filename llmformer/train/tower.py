@@ -31,7 +31,7 @@ from llmformer.checkpoint import save_component
 from llmformer.data.synthetic import BACKGROUND_NAMES
 from llmformer.presets import get_preset
 from llmformer.train.common import (STATE_FILE, Dist, Logger, due, optimizer_step, prepare_run, rank_batch, resume,
-                                    save_state, seed_everything, set_threads, start_tower)
+                                    save_state, seed_everything, set_threads, start_tower, train_tower_through)
 from llmformer.train.config import TrainConfig
 from llmformer.train.data import open_split
 from llmformer.train.segmenter import preprocess
@@ -50,10 +50,7 @@ class TowerWithPatchHead(nn.Module):
         self.tower, self.has_cls = tower, has_cls
         model = tower.model
         self.head = nn.Linear(model.config.hidden_size, classes)
-        reached = model.config.num_hidden_layers + 1 + LLAVA_FEATURE_LAYER
-        for name, p in model.named_parameters():   # what the feature layer does not read gets no gradient (DDP)
-            block = int(name.split("encoder.layers.")[1].split(".")[0]) if "encoder.layers." in name else -1
-            p.requires_grad_(block < reached and "post_layernorm" not in name)
+        train_tower_through(model, LLAVA_FEATURE_LAYER)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         hidden = self.tower.model(pixel_values=pixels, output_hidden_states=True).hidden_states[LLAVA_FEATURE_LAYER]
