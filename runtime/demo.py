@@ -33,11 +33,12 @@ def read_sample(folder: Path, sample) -> tuple[np.ndarray, np.ndarray | None]:
     return frame, labels
 
 
-def caption_check(rt, caption: str, vocabulary, truth: np.ndarray) -> str:
-    """"right: star, grass; wrong: cloud; missed: cross": the caption's object names against the classes
-    present in the ground-truth labels (names outside the vocabulary count as wrong)."""
+def caption_check(names, vocabulary, truth: np.ndarray) -> str:
+    """"right: star, grass; wrong: cloud; missed: cross": the object names a caption's priors hold (as segment()
+    parsed them) against the classes present in the ground-truth labels (names outside the vocabulary count as
+    wrong)."""
     present = {vocabulary[c] for c in np.unique(truth) if c < len(vocabulary)}
-    named = list(dict.fromkeys(rt.parse_caption(caption).names))
+    named = list(dict.fromkeys(names))
     parts = [("right", [n for n in named if n in present]), ("wrong", [n for n in named if n not in present]),
              ("missed", [c for c in vocabulary if c in present and c not in named])]
     return "; ".join(f"{k}: {', '.join(v)}" for k, v in parts if v) or "names nothing"
@@ -83,7 +84,7 @@ def _main(argv) -> int:
                 accuracy = float((seg.labels[valid] == truth[valid]).mean() * 100) if valid.any() else float("nan")
                 tail = f"   {accuracy:8.1f}%  {seg.caption!r}"
                 if trained:
-                    check = caption_check(rt, seg.caption, sample.vocabulary, truth)
+                    check = caption_check(seg.priors.names if seg.priors else [], sample.vocabulary, truth)
                     tail += f"\n{'':7}objects named by the caption: {check}"
                     note = f"caption objects: {check}"
             else:
