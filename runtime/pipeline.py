@@ -536,17 +536,8 @@ class Runtime:
             return out
 
     def _check_segment_args(self, vocabulary, caption) -> tuple[list[str] | None, str | None]:
-        if vocabulary is not None:
-            vocabulary = check_vocabulary(vocabulary, self.max_vocab)   # a generator is read here, once
-        if caption is not None:
-            caption = check_text(caption, "caption")
-            if vocabulary is None and not any(ch.isalpha() for ch in caption):
-                raise RuntimeInputError(f"no vocabulary was given and the caption {caption[:80]!r} names no objects: "
-                                        f"pass vocabulary=[...] class names, or a caption that names some")
-        if vocabulary is None and caption is None and self.captioner is None and self.captioning is None:
-            raise RuntimeInputError("pass vocabulary=[class names], caption='a description of the frame', or both "
-                                    "(this build has no captioner)")
-        return vocabulary, caption
+        return check_segment_args(vocabulary, caption, self.max_vocab,
+                                  self.captioner is not None or self.captioning is not None)
 
     def _segment(self, frame: np.ndarray, vocabulary: Sequence[str] | None, caption: str | None) -> Segmentation:
         t0 = time.perf_counter()
@@ -703,6 +694,23 @@ class Runtime:
 
     def __repr__(self) -> str:
         return f"Runtime({str(self.folder)!r}, backend={self.backend!r}, preset={self.manifest.preset_name!r})"
+
+
+def check_segment_args(vocabulary, caption, max_vocab: int | None,
+                       has_captioner: bool) -> tuple[list[str] | None, str | None]:
+    """segment()'s vocabulary and caption, checked (the rules runtime.serving applies to a request too):
+    the vocabulary as check_vocabulary returns it, the caption as text; something to label with."""
+    if vocabulary is not None:
+        vocabulary = check_vocabulary(vocabulary, max_vocab)   # a generator is read here, once
+    if caption is not None:
+        caption = check_text(caption, "caption")
+        if vocabulary is None and not any(ch.isalpha() for ch in caption):
+            raise RuntimeInputError(f"no vocabulary was given and the caption {caption[:80]!r} names no objects: "
+                                    f"pass vocabulary=[...] class names, or a caption that names some")
+    if vocabulary is None and caption is None and not has_captioner:
+        raise RuntimeInputError("pass vocabulary=[class names], caption='a description of the frame', or both "
+                                "(this build has no captioner)")
+    return vocabulary, caption
 
 
 def check_vocabulary(vocabulary: Iterable[str], max_names: int | None = None) -> list[str]:

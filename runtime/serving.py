@@ -30,7 +30,7 @@ import numpy as np
 
 from engines.errors import LLMFormerError
 from runtime.frames import check_frame
-from runtime.pipeline import check_text, check_vocabulary
+from runtime.pipeline import check_segment_args
 
 log = logging.getLogger("llmformer_edge.serve")
 
@@ -120,15 +120,10 @@ def check_request(inputs: dict[str, Any], max_vocab: int, has_captioner: bool = 
         count = np.asarray(vocabulary).size
         if count > max_vocab:   # before decoding a flood of names
             raise RequestError(f"'{Tensors.VOCABULARY}' has {count} names; this build takes at most {max_vocab}")
-        vocabulary = check_vocabulary(_strings(vocabulary, Tensors.VOCABULARY, MAX_NAME_BYTES), max_vocab)
+        vocabulary = _strings(vocabulary, Tensors.VOCABULARY, MAX_NAME_BYTES)
     caption = _one_string(inputs.get(Tensors.CAPTION), Tensors.CAPTION, MAX_CAPTION_BYTES)
-    if caption is not None:
-        caption = check_text(caption, "caption")
-        if vocabulary is None and not any(ch.isalpha() for ch in caption):
-            raise RequestError(f"no vocabulary was given and the caption {caption[:80]!r} names no objects")
-    if vocabulary is None and caption is None and not has_captioner:
-        raise RequestError(f"this build has no captioner: send '{Tensors.VOCABULARY}' (class names), "
-                           f"'{Tensors.CAPTION}' (a description of the frame), or both")
+    # segment()'s own rules, so that nothing a frame meets inside the batch can fail it there
+    vocabulary, caption = check_segment_args(vocabulary, caption, max_vocab, has_captioner)
     stream_id = _one_string(inputs.get(Tensors.STREAM_ID), Tensors.STREAM_ID, 4 * MAX_STREAM_ID)
     if stream_id is not None:
         stream_id = stream_id.strip()
