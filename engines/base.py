@@ -206,6 +206,16 @@ class DeviceTensor:
         else a host copy (counted device -> host)."""
         return self._host if self._host is not None else self.to_numpy()
 
+    def rows(self, start: int, stop: int) -> "DeviceTensor":
+        """self[start:stop] along the first axis: a view over the same memory, nothing copied (the leading axis is
+        contiguous), valid while this tensor's memory is (one frame of a batched engine output)."""
+        if not 0 <= start <= stop <= (self.shape[0] if self.shape else 0):
+            raise EngineError(f"rows {start}:{stop} are outside a {list(self.shape)} tensor")
+        step = math.prod(self.shape[1:]) * self.dtype.itemsize
+        host = None if self._host is None else self._host[start:stop]
+        return DeviceTensor(self._ptr + start * step, (stop - start, *self.shape[1:]), self.dtype, self.device, self,
+                            self._counter, host)
+
     def _count(self, h2d: int = 0, d2h: int = 0, d2d: int = 0) -> None:
         if self._counter is not None:
             self._counter.add(h2d, d2h, d2d)

@@ -28,15 +28,16 @@ from engines.errors import EngineError, ManifestError
 from engines.files import atomic_write_bytes, fingerprint_file, sha256_file
 
 __all__ = [
-    "PRIORS_AXIS", "VOCAB_AXIS", "CLASS_AXIS", "PHRASES_AXIS", "ComponentNames", "VISION_TOWER", "TEXT_ENCODER",
-    "SEGMENTER", "CAPTIONER_VISION", "CAPTIONER_EMBED", "CAPTIONER_DECODER", "FRAME_PREPROCESS", "SEMANTIC_MAP",
-    "FRAME_HEIGHT_AXIS", "FRAME_WIDTH_AXIS", "TensorSpec", "FileEntry",
+    "BATCH_AXIS", "PRIORS_AXIS", "VOCAB_AXIS", "CLASS_AXIS", "PHRASES_AXIS", "ComponentNames", "VISION_TOWER",
+    "TEXT_ENCODER", "SEGMENTER", "CAPTIONER_VISION", "CAPTIONER_EMBED", "CAPTIONER_DECODER", "FRAME_PREPROCESS",
+    "SEMANTIC_MAP", "FRAME_HEIGHT_AXIS", "FRAME_WIDTH_AXIS", "TensorSpec", "FileEntry",
     "TorchSource", "TensorRTEngineEntry", "ComponentEntry", "Preprocess", "CaptionerEntry", "Sample", "Manifest",
     "FORMAT", "FORMAT_VERSION", "MANIFEST_NAME", "read_manifest", "write_manifest", "file_entry",
 ]
 
 # ================================================================================================ names
 # Dynamic axes of the exported graphs (the manifest's shape ranges and TensorRT profiles use them).
+BATCH_AXIS = "batch"                              # frames per vision/segmenter call, B (build_engines --max-batch)
 PRIORS_AXIS = "priors"                            # objects parsed from the caption, K
 VOCAB_AXIS = "vocab"                              # class names, V
 CLASS_AXIS = "vocab_plus_no_object"               # V + 1
@@ -87,8 +88,8 @@ class _Graph:
 @dataclass(frozen=True)
 class VisionTowerNames(_Graph):
     component: ClassVar[str] = "vision_tower"
-    pixel_values: str = _input("pixel_values")                    # (1, 3, S, S) float32, the tower's normalization
-    vision_hidden_states: str = _output("vision_hidden_states")   # (n_layers, 1, T, C)
+    pixel_values: str = _input("pixel_values")                    # (B, 3, S, S) float32, the tower's normalization
+    vision_hidden_states: str = _output("vision_hidden_states")   # (n_layers, B, T, C)
 
 
 @dataclass(frozen=True)
@@ -102,15 +103,15 @@ class TextEncoderNames(_Graph):
 @dataclass(frozen=True)
 class SegmenterNames(_Graph):
     component: ClassVar[str] = "segmenter"
-    frame: str = _input("frame")                                  # (1, 3, H, W) float32, ImageNet normalization
-    vision_hidden_states: str = _input("vision_hidden_states")    # (n_layers, 1, T, C)
-    object_embeddings: str = _input("object_embeddings")          # (1, K, E)
-    attribute_embeddings: str = _input("attribute_embeddings")    # (1, K, E)
-    prior_valid: str = _input("prior_valid")                      # (1, K) float32: 1 prior, 0 padding
-    relation_graph: str = _input("relation_graph")                # (1, K, K) float32
-    vocab_embeddings: str = _input("vocab_embeddings")            # (V, E)
-    mask_logits: str = _output("mask_logits")                     # (1, Q, H/s, W/s)
-    class_logits: str = _output("class_logits")                   # (1, Q, V+1)
+    frame: str = _input("frame")                                  # (B, 3, H, W) float32, ImageNet normalization
+    vision_hidden_states: str = _input("vision_hidden_states")    # (n_layers, B, T, C)
+    object_embeddings: str = _input("object_embeddings")          # (B, K, E)
+    attribute_embeddings: str = _input("attribute_embeddings")    # (B, K, E)
+    prior_valid: str = _input("prior_valid")                      # (B, K) float32: 1 prior, 0 padding
+    relation_graph: str = _input("relation_graph")                # (B, K, K) float32
+    vocab_embeddings: str = _input("vocab_embeddings")            # (V, E), shared by the batch's frames
+    mask_logits: str = _output("mask_logits")                     # (B, Q, H/s, W/s)
+    class_logits: str = _output("class_logits")                   # (B, Q, V+1)
 
 
 # The captioner (LLaVA-Phi). Its vision graph is the vision tower plus the projector: one tower pass per
@@ -118,9 +119,9 @@ class SegmenterNames(_Graph):
 @dataclass(frozen=True)
 class CaptionerVisionNames(_Graph):
     component: ClassVar[str] = "captioner_vision"
-    pixel_values: str = _input("pixel_values")                    # (1, 3, S, S) float32, CLIP normalization
-    image_embeds: str = _output("image_embeds")                   # (1, N, E_text)
-    vision_hidden_states: str = _output("vision_hidden_states")   # (L, 1, T, C), as the vision tower's
+    pixel_values: str = _input("pixel_values")                    # (B, 3, S, S) float32, CLIP normalization
+    image_embeds: str = _output("image_embeds")                   # (B, N, E_text)
+    vision_hidden_states: str = _output("vision_hidden_states")   # (L, B, T, C), as the vision tower's
 
 
 @dataclass(frozen=True)
@@ -609,6 +610,15 @@ class Manifest:
     def vision_component(self) -> str:
         """The per-frame vision graph: the captioner's (tower + projector) when the build has a captioner."""
         return CAPTIONER_VISION.component if self.captioner is not None else VISION_TOWER.component
+
+    @property
+    def max_batch(self) -> int:
+        """Frames one call of the vision and segmenter graphs takes: the max of their batch axis (BATCH_AXIS) in the
+        shape ranges, as `build_engines.py --max-batch B` built them; 1 where a graph has no batch axis (builds from
+        before it, or --max-batch 1), and Runtime.segment_batch then runs its frames one at a time."""
+        specs = (self.components[self.vision_component].input(VISION_TOWER.pixel_values),
+                 self.components[SEGMENTER.component].input(SEGMENTER.frame))
+        return min(s.max_shape[0] if s.shape[0] == BATCH_AXIS and s.max_shape else 1 for s in specs)
 
     @property
     def frame_graphs(self) -> bool:

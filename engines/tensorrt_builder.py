@@ -32,8 +32,8 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-from engines.contract import (CLASS_AXIS, FRAME_HEIGHT_AXIS, FRAME_WIDTH_AXIS, PHRASES_AXIS, PRIORS_AXIS, VOCAB_AXIS,
-                              ComponentEntry, Manifest, TensorRTEngineEntry, file_entry)
+from engines.contract import (BATCH_AXIS, CLASS_AXIS, FRAME_HEIGHT_AXIS, FRAME_WIDTH_AXIS, PHRASES_AXIS, PRIORS_AXIS,
+                              VOCAB_AXIS, ComponentEntry, Manifest, TensorRTEngineEntry, file_entry)
 from engines.errors import EngineError, LLMFormerError
 from engines.files import atomic_write_bytes, sha256_file
 
@@ -43,9 +43,11 @@ DEFAULT_WORKSPACE = 2 << 30
 ENGINE_SUFFIX = ".engine"
 # Opt sizes of the dynamic axes (the shapes TensorRT tunes for); clipped to each input's [min, max]. The frame
 # graphs' frame axes range over 1..2160 x 1..3840 (export/frame_graphs.py FRAME_RANGE) and are tuned for 720p, the
-# common camera size (without an entry the opt would be the max, 4K, and 720p would run kernels picked for it).
+# common camera size (without an entry the opt would be the max, 4K, and 720p would run kernels picked for it). The
+# batch axis (1..--max-batch) is tuned for 1: a camera loop's segment() keeps the kernels of a batch-1 engine, and
+# the server's batches run on them (a build for serving only could tune for its max instead; not measured here).
 OPT_AXES = {PRIORS_AXIS: 8, VOCAB_AXIS: 32, PHRASES_AXIS: 16, CLASS_AXIS: 33,
-            FRAME_HEIGHT_AXIS: 720, FRAME_WIDTH_AXIS: 1280}
+            FRAME_HEIGHT_AXIS: 720, FRAME_WIDTH_AXIS: 1280, BATCH_AXIS: 1}
 REBUILD = "rebuild the engines on this device with `python -m engines.tensorrt_builder {folder}`"
 
 

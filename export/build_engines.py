@@ -2,6 +2,7 @@
 
     python export/build_engines.py [--preset demo|edge|paper] [--out DIR] [--backend ...] [--opset N]
                                    [--segmenter CKPT] [--vision-tower DIR] [--text-encoder DIR] [--force]
+                                   [--max-batch B]
 
 With no weights given the preset is built with random weights, and the build says so.
 
@@ -81,6 +82,7 @@ LOCK_FILE = ".build.lock"    # OUT/.build.lock: held (flock) by the build writin
 BUILD_ID = re.compile(r"\d{8}T\d{6}Z-[0-9a-f]{6}")   # what new_build_id() makes; nothing else is cleaned
 DEBUG_ENV = "LLMFORMER_DEBUG"             # =1: the command prints tracebacks
 KILL_ENV = "LLMFORMER_BUILD_KILL_AT"      # tests: SIGKILL the build at this step of publishing
+MAX_BATCH_LIMIT = 256                     # --max-batch: a batch of frames, not of phrases
 PUBLISH_STEPS = ("staged", "manifest-written", "switched", "cleaning", "cleaned")
 
 
@@ -119,6 +121,7 @@ class BuildConfig:
     verify: Path | None = None               # set: build nothing, check this folder's every byte instead
     force: bool = False                      # build into a folder that is not ours, beside its files
     host_postprocess: bool = False           # no frame graphs: frames are pre/postprocessed in numpy/OpenCV
+    max_batch: int = 8                       # frames per vision/segmenter call (the batch axis 1..B); 1: no batch axis
     debug: bool = False                      # main(): print tracebacks
 
 
@@ -194,6 +197,9 @@ def parse_args(argv=None) -> BuildConfig:
     ap.add_argument("--host-postprocess", action="store_true",
                     help="build without the frame graphs (preprocessing and semantic inference on the engines' "
                          "device): the runtime then resizes, normalizes and postprocesses frames in numpy/OpenCV")
+    ap.add_argument("--max-batch", type=int, default=8, metavar="B",
+                    help="frames one vision-tower and segmenter call takes (a batch axis 1..B, for "
+                         "Runtime.segment_batch and the server; default 8); 1 builds them without a batch axis")
     ap.add_argument("--debug", action="store_true",
                     help=f"on an error, print the traceback too (also: {DEBUG_ENV}=1)")
     return BuildConfig(**vars(ap.parse_args(argv)))
@@ -210,6 +216,7 @@ def build(args: BuildConfig, preset=None) -> Path:
                              force=args.force)
     import torch
 
+    from engines.contract import BATCH_AXIS
     from export.components import (DEFAULT_RANGES, Component, segmenter_component, text_encoder_component,
                                    vision_tower_component)
     from llmformer.captioner import CaptionerVision, build_tiny_captioner, load_captioner, save_captioner
@@ -294,9 +301,11 @@ def build(args: BuildConfig, preset=None) -> Path:
                 f"--vision-tower DIR / --text-encoder DIR for real weights.\n{bar}")
 
         # With a captioner its vision graph (tower + projector) is the per-frame vision component.
-        components = [text_encoder_component(preset, text, args.seed), segmenter_component(preset, segmenter, args.seed)]
+        ranges = {**DEFAULT_RANGES, BATCH_AXIS: (1, args.max_batch)}
+        components = [text_encoder_component(preset, text, args.seed),
+                      segmenter_component(preset, segmenter, args.seed, args.max_batch)]
         if captioner is None:
-            components.insert(0, vision_tower_component(preset, tower, args.seed))
+            components.insert(0, vision_tower_component(preset, tower, args.seed, args.max_batch))
         entries = {}
         for comp in components:
             t = time.perf_counter()
@@ -308,8 +317,8 @@ def build(args: BuildConfig, preset=None) -> Path:
             entries[comp.name] = ComponentEntry(
                 precision=args.precision, onnx=file_entry(staging, onnx_name),
                 weights=file_entry(staging, weights_name),
-                inputs=graph_specs(inferred, "inputs", DEFAULT_RANGES),
-                outputs=graph_specs(inferred, "outputs", DEFAULT_RANGES),
+                inputs=graph_specs(inferred, "inputs", ranges),
+                outputs=graph_specs(inferred, "outputs", ranges),
                 random_weights=comp.name in random_parts)
             log(f"  exported {comp.name:<17} {entries[comp.name].onnx.size / 1e6:8.1f} MB "
                 f"({time.perf_counter() - t:.1f} s)")
@@ -325,7 +334,7 @@ def build(args: BuildConfig, preset=None) -> Path:
             checks = list(components)
             if captioner is not None:
                 layers = preset.vision_tower.feature_layers
-                pixels = vision_tower_component(preset, tower, args.seed).example
+                pixels = vision_tower_component(preset, tower, args.seed, args.max_batch).example
                 checks.insert(0, Component(CAPTIONER_VISION.names, CaptionerVision(captioner.model, layers), pixels))
             for comp in checks:
                 t = time.perf_counter()
@@ -476,7 +485,8 @@ def export_captioner_entries(captioner, staging: Path, preset, args: BuildConfig
     return the manifest's captioner section (tokenizer, prompt format, context)."""
     from export.captioner import export_captioner
 
-    exp = export_captioner(captioner, staging, preset.vision_tower.feature_layers, opset=args.opset)
+    exp = export_captioner(captioner, staging, preset.vision_tower.feature_layers, opset=args.opset,
+                           max_batch=args.max_batch)
     parts = {"vision": exp.vision, "embed": exp.embed, "decoder": exp.decoder}
     for part, graph in parts.items():
         entries[graph.names.component] = ComponentEntry(
@@ -585,6 +595,9 @@ def check_inputs(args: BuildConfig) -> None:
     llmformer-edge safetensors file, the calibration images decode."""
     if args.opset < 17:
         raise BuildError(f"--opset {args.opset}: GridSample (MSDA) needs opset 16+, and this project builds 17+")
+    if not 1 <= args.max_batch <= MAX_BATCH_LIMIT:
+        raise BuildError(f"--max-batch {args.max_batch}: give the most frames one call takes, 1 to {MAX_BATCH_LIMIT} "
+                         f"(1: no batch axis)")
     if args.int8_tolerance is not None and (args.precision != "int8" or not 0 < args.int8_tolerance < 1):
         raise BuildError(f"--int8-tolerance {args.int8_tolerance}: give a relative error in (0, 1), with --precision int8")
     if args.captioner is not None and args.no_captioner:

@@ -1,6 +1,6 @@
 """Export the LLaVA-Phi captioner as three ONNX graphs, plus its tokenizer and prompt format.
 
-    captioner_vision.onnx    pixel_values (1, 3, S, S) -> image_embeds (1, N, E), vision_hidden_states (L, 1, T, C)
+    captioner_vision.onnx    pixel_values (B, 3, S, S) -> image_embeds (B, N, E), vision_hidden_states (L, B, T, C)
     captioner_embed.onnx     input_ids (1, S) -> inputs_embeds (1, S, E)
     captioner_decoder.onnx   inputs_embeds, attention_mask, position_ids, past_key_values.{i}.key/value
                              -> logits (1, 1, V), present.{i}.key/value (the S new tokens only)
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from engines.contract import TensorSpec
-from engines.contract import CAPTIONER_DECODER, CAPTIONER_EMBED, CAPTIONER_VISION, ComponentNames
+from engines.contract import BATCH_AXIS, CAPTIONER_DECODER, CAPTIONER_EMBED, CAPTIONER_VISION, ComponentNames
 
 if TYPE_CHECKING:
     from llmformer.captioner import Captioner
@@ -93,11 +93,12 @@ class CaptionerExport:
 
 def export_captioner(captioner: Captioner, folder: str | Path, segmenter_layers: Sequence[int],
                      opset: int | None = None, max_context: int | None = None,
-                     files: CaptionerFiles = CAPTIONER_FILES) -> CaptionerExport:
+                     files: CaptionerFiles = CAPTIONER_FILES, max_batch: int | None = None) -> CaptionerExport:
     """Write the three captioner graphs, its tokenizer and prompt format into `folder`; every graph is
     checked with onnx.checker and full shape inference. `segmenter_layers` are the tower hidden states the
     segmenter reads (the preset's `vision_tower.feature_layers`); `max_context` defaults to the model's
-    max_position_embeddings."""
+    max_position_embeddings; `max_batch` is the vision graph's batch range 1..B (export.components.DEFAULT_MAX_BATCH
+    by default; 1: no batch axis)."""
     from engines.files import atomic_write_bytes
     from export.onnx_utils import DEFAULT_OPSET
     from llmformer.captioner import TOKENIZER_FILE
@@ -105,7 +106,7 @@ def export_captioner(captioner: Captioner, folder: str | Path, segmenter_layers:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     opset = opset or DEFAULT_OPSET
-    vision = export_vision(captioner, folder / files.vision, segmenter_layers, opset)
+    vision = export_vision(captioner, folder / files.vision, segmenter_layers, opset, max_batch)
     embed = export_embed(captioner, folder / files.embed, opset, max_context)
     decoder = export_decoder(captioner, folder / files.decoder, opset, max_context)
     atomic_write_bytes(folder / files.tokenizer, (captioner.folder / TOKENIZER_FILE).read_bytes())
@@ -117,15 +118,28 @@ def export_captioner(captioner: Captioner, folder: str | Path, segmenter_layers:
 
 
 def export_vision(captioner: Captioner, path: str | Path, segmenter_layers: Sequence[int],
-                  opset: int | None = None) -> ExportedGraph:
+                  opset: int | None = None, max_batch: int | None = None) -> ExportedGraph:
     import torch
 
+    import onnx
+
+    from export.components import DEFAULT_MAX_BATCH, traced_batch
+    from export.onnx_utils import graph_specs, infer_shapes
     from llmformer.captioner import CaptionerVision
 
+    max_batch = DEFAULT_MAX_BATCH if max_batch is None else max_batch
     size = captioner.config.vision_config.image_size
     module = CaptionerVision(captioner.model, segmenter_layers)
-    example = (torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0)),)
-    return _export(module, example, Path(path), CAPTIONER_VISION.names, {}, {}, opset)
+    example = (torch.randn(traced_batch(max_batch), 3, size, size, generator=torch.Generator().manual_seed(0)),)
+    v = CAPTIONER_VISION
+    axes = {v.pixel_values: {0: BATCH_AXIS}, v.image_embeds: {0: BATCH_AXIS}, v.vision_hidden_states: {1: BATCH_AXIS}}
+    ranges = {BATCH_AXIS: (1, max_batch)}
+    graph = _export(module, example, Path(path), v.names, axes if max_batch > 1 else {}, ranges, opset)
+    # With a batch axis the exporter declares the token axes of the outputs symbolic too; shape inference knows them
+    # (the file of a large tower keeps the exporter's names: TensorRT and ONNX Runtime infer the sizes themselves).
+    inferred = infer_shapes(onnx.load(str(path), load_external_data=False))
+    graph.inputs, graph.outputs = graph_specs(inferred, "inputs", ranges), graph_specs(inferred, "outputs", ranges)
+    return graph
 
 
 def export_embed(captioner: Captioner, path: str | Path, opset: int | None = None,

@@ -41,9 +41,27 @@ def export_onnx(
                           output_names=list(output_names), dynamic_axes=dict(dynamic_axes or {}),
                           opset_version=opset, do_constant_folding=True, dynamo=False)
     model = onnx.load_from_string(buffer.getvalue())
+    declare_output_shapes(model)
     check_onnx(model)
     atomic_write_bytes(Path(path), model.SerializeToString())
     return model
+
+
+def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Shape inference that also follows shape computations (Shape -> Gather -> Concat -> Reshape): with a batch
+    axis, the traced reshapes take B from the input, and plain inference then loses the static sizes after them."""
+    return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
+
+
+def declare_output_shapes(model: onnx.ModelProto) -> None:
+    """Write the inferred static sizes into the graph outputs in place, over the names the exporter invents for
+    them ("Einsummask_logits_dim_2") when an input has a dynamic axis; the dynamic axes keep their names."""
+    inferred = {o.name: o for o in infer_shapes(model).graph.output}
+    for out in model.graph.output:
+        dims = inferred[out.name].type.tensor_type.shape.dim
+        for mine, known in zip(out.type.tensor_type.shape.dim, dims):
+            if known.HasField("dim_value"):
+                mine.dim_value = known.dim_value
 
 
 def graph_specs(model: onnx.ModelProto, which: str,

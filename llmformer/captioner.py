@@ -381,7 +381,7 @@ def build_tiny_captioner(folder: str | Path, tower: VisionTowerConfig, seed: int
 # ------------------------------------------------------------------------------------ deployable graphs
 
 class CaptionerVision(nn.Module):
-    """pixels (1, 3, S, S) -> image_embeds (1, N, E_text), vision_hidden_states (n_layers, 1, T, C).
+    """pixels (B, 3, S, S) -> image_embeds (B, N, E_text), vision_hidden_states (n_layers, B, T, C).
 
     One tower pass feeds both: LLaVA's feature layer through the projector for the LLM, and the hidden
     states at `segmenter_layers` stacked for the segmenter (as `llmformer.vision_tower.VisionTower` stacks them,
@@ -400,11 +400,11 @@ class CaptionerVision(nn.Module):
             raise ValueError(f"segmenter layers {bad} are outside the tower's hidden states 0..{n}")
 
     def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        hidden = self.tower(pixel_values, output_hidden_states=True).hidden_states  # n+1 x (1, T, C)
+        hidden = self.tower(pixel_values, output_hidden_states=True).hidden_states  # n+1 x (B, T, C)
         layers = [self.feature_layer] if isinstance(self.feature_layer, int) else list(self.feature_layer)
         features = [hidden[i][:, 1:] if self.drop_cls else hidden[i] for i in layers]
-        image_embeds = self.projector(torch.cat(features, dim=-1))                     # (1, N, E_text)
-        vision_hidden_states = torch.stack([hidden[i] for i in self.segmenter_layers], 0)  # (L, 1, T, C)
+        image_embeds = self.projector(torch.cat(features, dim=-1))                     # (B, N, E_text)
+        vision_hidden_states = torch.stack([hidden[i] for i in self.segmenter_layers], 0)  # (L, B, T, C)
         return image_embeds, vision_hidden_states
 
 

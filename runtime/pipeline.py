@@ -150,6 +150,21 @@ def _ms(t0: float) -> float:
     return (time.perf_counter() - t0) * 1000.0
 
 
+@dataclass
+class _FrameJob:
+    """One frame between its tower pass and the segmenter (Runtime._text_side), shared by segment() and
+    segment_batch(); `done` once it has its Segmentation."""
+
+    image: ImageFeatures
+    t0: float                            # when the frame's segment() (or its batch) began
+    caption: str | None
+    priors: Any | None
+    extra: dict[str, Any]                # Segmentation's frame, caption_frame, caption_age_s
+    timings: dict[str, float]            # parse, caption / caption_wait
+    emb: PriorEmbeddings | None = None
+    done: Segmentation | None = None
+
+
 class Runtime:
     """Runs one artifact folder on one backend. Use `load()` to make one."""
 
@@ -179,6 +194,13 @@ class Runtime:
         # The build's ranges: how many class names and caption objects one segmenter call takes.
         self.max_vocab = (segmenter.input(SEGMENTER.vocab_embeddings).max_shape or (1 << 30,))[0]
         self.max_priors = (segmenter.input(SEGMENTER.object_embeddings).max_shape or (1, 1 << 30))[1]
+        self.max_batch = manifest.max_batch   # frames one vision/segmenter call takes (1: the build has no batch axis)
+        # Whether segment_batch runs its frames max_batch to a graph call, or loops over segment(): batched on a GPU,
+        # where one call of B frames replaces B launches of small kernels; a loop on the CPU, where ONNX Runtime's
+        # kernels are compute-bound at one frame already: batches of 4 and 8 measured 0.94-1.07x the loop's frames/s
+        # on the 2-core benchmark machine, no gain beyond run-to-run noise (benchmarks/README.md, "Batches of
+        # frames"). Set it to choose.
+        self.batch_graphs = self.max_batch > 1 and engines[manifest.vision_component].tensor_device != "cpu"
         # With a captioner, its vision graph (tower + projector) is the one tower pass per frame, unless the
         # captioner sees frames preprocessed otherwise: then captions pay a second pass, only when they run.
         self.vision_name = manifest.vision_component
@@ -439,6 +461,14 @@ class Runtime:
                 masks, classes = masks.to_numpy()[0], classes.to_numpy()[0]
         t_seg = _ms(t0)
         t1 = time.perf_counter()
+        labels, scores, masks, classes = self._semantic(image, masks, classes, on_device)
+        timings = {**image.timings, **emb.timings, "segment": t_seg, "postprocess": _ms(t1)}
+        return Segmentation(labels, list(emb.classes), scores, caption, priors, timings, masks, classes)
+
+    def _semantic(self, image: ImageFeatures, masks, classes, on_device: bool):
+        """One frame's labels and scores from its segmenter outputs: on the device, masks (1, Q, h, w) and classes
+        (1, Q, V+1) as tensors; else as numpy (Q, h, w) and (Q, V+1). Returns them with the raw outputs for the
+        caller (None where they stay on a GPU)."""
         with self._span("postprocess"):
             if on_device:
                 frame = image.frame_tensor
@@ -453,8 +483,7 @@ class Runtime:
                                   if masks.device == "cpu" else (None, None))
             else:
                 labels, scores = semantic_map(masks, classes, image.frame_size)
-        timings = {**image.timings, **emb.timings, "segment": t_seg, "postprocess": _ms(t1)}
-        return Segmentation(labels, list(emb.classes), scores, caption, priors, timings, masks, classes)
+        return labels, scores, masks, classes
 
     @property
     def _device_frames(self) -> bool:
@@ -499,9 +528,21 @@ class Runtime:
         Frames may differ in size and each may have its own vocabulary and caption (None: as in segment()).
         Every argument of every frame is checked before any frame runs, so a bad one fails the call without a
         half-done batch. The batch holds the lock once: no other thread's frame runs between its frames.
-        This version runs the frames one after another through the single-frame graphs (the graphs have no
-        batch axis yet); the text side is shared through the phrase cache, so a vocabulary repeated across
-        the batch is encoded once."""
+
+        With a build whose graphs have a batch axis (`build_engines.py --max-batch B`, `self.max_batch`) and
+        `self.batch_graphs` (engines on a GPU), up to B frames share one vision-graph call and one segmenter call
+        (more are split into calls of B):
+        - sizes: each frame is preprocessed on its own to the graphs' fixed square, and postprocessed on its own
+          back to its size, as in segment();
+        - captions: each frame's caption and priors are its own; the priors are padded to the largest count in the
+          call and the padding masked out (prior_valid: the mask one frame's padding already has);
+        - vocabularies: the call takes the union of the frames' vocabularies as its one vocabulary input, and each
+          frame gets back the class logits of its own classes plus "no object" (a class's logit depends on that
+          class's embedding alone, so this is segment()'s result up to float rounding). Frames whose union would
+          exceed the build's vocabulary range go to separate segmenter calls.
+        The text side is shared through the phrase cache, so a vocabulary repeated across the batch is encoded once.
+        Builds without a batch axis (before it, or --max-batch 1), and engines on the CPU unless `batch_graphs` is
+        set (see its note in __init__: batching measured no faster there), run the frames one after another."""
         if isinstance(frames, np.ndarray) or not isinstance(frames, Sequence):
             raise InputTypeError(f"frames must be a list of H x W x 3 frames (one call per frame: segment()), "
                                  f"got {_got(frames)}")
@@ -529,10 +570,13 @@ class Runtime:
                     raise exc from None
                 raise named from exc
         with self._segment_lock:
-            out = []
-            for frame, (vocabulary, caption) in zip(frames, checked):
+            out, step = [], self.max_batch if self.batch_graphs else 1
+            for i in range(0, n, step):
                 with self._span("total"):
-                    out.append(self._segment(frame, vocabulary, caption))
+                    if min(n, i + step) - i > 1:
+                        out += self._segment_batched(frames[i:i + step], checked[i:i + step])
+                    else:
+                        out.append(self._segment(frames[i], *checked[i]))
             return out
 
     def _check_segment_args(self, vocabulary, caption) -> tuple[list[str] | None, str | None]:
@@ -541,7 +585,16 @@ class Runtime:
 
     def _segment(self, frame: np.ndarray, vocabulary: Sequence[str] | None, caption: str | None) -> Segmentation:
         t0 = time.perf_counter()
-        image = self.encode_image(frame)
+        job = self._text_side(self.encode_image(frame), vocabulary, caption, t0)
+        if job.done is None:
+            self._finish(job, self.decode(job.image, job.emb, job.caption, job.priors))
+        return job.done
+
+    def _text_side(self, image: ImageFeatures, vocabulary: Sequence[str] | None, caption: str | None,
+                   t0: float) -> _FrameJob:
+        """Everything of a frame between its tower pass and the segmenter: its index, the caption (given, made now, or
+        the asynchronous captioner's), its priors and their embeddings. A frame with nothing to label with comes back
+        finished (`done`)."""
         index, self.frames = self.frames, self.frames + 1
         t_caption = caption_frame = caption_age = None
         caption_key = "caption"  # async mode: "caption_wait", the time segment() spent on the captioner
@@ -570,23 +623,135 @@ class Runtime:
                 with self._span("parse"):
                     priors = self.parse_caption(caption)
             t_parse = _ms(t1)
-        extra = {"frame": index, "caption_frame": caption_frame, "caption_age_s": caption_age}
+        job = _FrameJob(image, t0, caption, priors, {"frame": index, "caption_frame": caption_frame,
+                                                     "caption_age_s": caption_age}, {"parse": t_parse})
+        if t_caption is not None:
+            job.timings[caption_key] = t_caption
         if vocabulary is None and from_captioner and not priors.objects:
             # The captioner named nothing: there is no class to label with. A camera loop must not stop
             # on that, so every pixel is -1 (unlabeled) and the caller sees the caption that caused it.
             log.warning("the caption %r names no objects and no vocabulary was given: frame left unlabeled", caption)
-            timings = {**image.timings, caption_key: t_caption, "parse": t_parse, "total": _ms(t0)}
-            return Segmentation(np.full(image.frame_size, -1, np.int32), [], np.zeros(0, np.float32), caption,
-                                priors, timings, **extra)
-        emb = self.embed(priors, vocabulary)
-        seg = self.decode(image, emb, caption, priors)
-        for key, value in extra.items():
+            self._finish(job, Segmentation(np.full(image.frame_size, -1, np.int32), [], np.zeros(0, np.float32),
+                                           caption, priors, dict(image.timings)))
+        else:
+            job.emb = self.embed(priors, vocabulary)
+        return job
+
+    @staticmethod
+    def _finish(job: _FrameJob, seg: Segmentation) -> None:
+        for key, value in job.extra.items():
             setattr(seg, key, value)
-        seg.timings["parse"] = t_parse
-        if t_caption is not None:
-            seg.timings[caption_key] = t_caption
-        seg.timings["total"] = _ms(t0)
-        return seg
+        seg.timings.update(job.timings)
+        seg.timings["total"] = _ms(job.t0)
+        job.done = seg
+
+    # -- batches -------------------------------------------------------------------------------------
+    def _segment_batched(self, frames: Sequence[np.ndarray],
+                         checked: Sequence[tuple[list[str] | None, str | None]]) -> list[Segmentation]:
+        """segment() on up to max_batch frames with one vision-graph call and one segmenter call per vocabulary
+        group (see segment_batch); each frame's text side and postprocessing run on their own, as in segment()."""
+        t0 = time.perf_counter()
+        images, seg_in, hidden = self._encode_batch([check_frame(f) for f in frames])
+        jobs = [self._text_side(image, vocabulary, caption, t0)
+                for image, (vocabulary, caption) in zip(images, checked)]
+        # Frames share the segmenter call's one vocabulary input (the union of theirs): a group's union stays within
+        # the build's vocabulary range.
+        groups, names = [], set()
+        for slot, job in enumerate(jobs):
+            if job.done is not None:
+                continue
+            if not groups or len(names | set(job.emb.classes)) > self.max_vocab:
+                groups.append([])
+                names = set()
+            groups[-1].append((slot, job))
+            names |= set(job.emb.classes)
+        for group in groups:
+            self._decode_group(group, seg_in, hidden, len(frames))
+        return [job.done for job in jobs]
+
+    def _encode_batch(self, rgbs: list[np.ndarray]) -> tuple[list[ImageFeatures], DeviceTensor, DeviceTensor]:
+        """encode_image on checked frames with one vision-graph call: per-frame ImageFeatures (the image embeddings a
+        view of the frame's row), the segmenter's batched frame input (B, 3, S, S) and hidden states (L, B, T, C)."""
+        n, v, s = len(rgbs), self.pre[VISION_TOWER.component], self.pre[SEGMENTER.component]
+        vision, segmenter = self.engines[self.vision_name], self.engines[SEGMENTER.component]
+        pixels = vision.allocate(VISION_TOWER.pixel_values, (n, 3, v.size, v.size))
+        seg_in = segmenter.allocate(SEGMENTER.frame, (n, 3, s.size, s.size))
+        uploads, t_pre = [None] * n, [0.0] * n
+        for i, rgb in enumerate(rgbs):
+            t0 = time.perf_counter()
+            with self._span("preprocess"):
+                if self.device_preprocess == "always" and self._fits_graphs(rgb.shape[:2]):
+                    uploads[i] = self._upload_frame(rgb)
+                    out = self.engines[FRAME_PREPROCESS.component].run_bound({FRAME_PREPROCESS.image: uploads[i]})
+                    frame_pixels, frame_in = out[FRAME_PREPROCESS.pixel_values], out[FRAME_PREPROCESS.frame]
+                else:
+                    frame_pixels = to_tensor(rgb, v.size, v.mean, v.std)
+                    frame_in = to_tensor(rgb, s.size, s.mean, s.std)
+                pixels.write(frame_pixels, 0, i)
+                seg_in.write(frame_in, 0, i)
+            t_pre[i] = _ms(t0)
+        t1 = time.perf_counter()
+        with self._span("vision"):
+            out = vision.run_bound({VISION_TOWER.pixel_values: pixels})
+        t_vision = _ms(t1)
+        hidden, embeds = out[VISION_TOWER.vision_hidden_states], out.get(CAPTIONER_VISION.image_embeds)
+        own_pass = self.caption_pre is not None
+        captioning = self.captioning
+        # Only the scene-change test of asynchronous captioning reads a frame's hidden states outside the segmenter.
+        states = hidden.on_host() if captioning is not None and captioning.policy.scene_change is not None else None
+        images = [ImageFeatures(rgb.shape[:2], None, None if states is None else states[:, i:i + 1],
+                                None if own_pass or embeds is None else embeds.rows(i, i + 1),
+                                {"preprocess": t_pre[i], "vision": t_vision}, rgb if own_pass else None, uploads[i])
+                  for i, rgb in enumerate(rgbs)]
+        return images, seg_in, hidden
+
+    def _decode_group(self, group: list[tuple[int, _FrameJob]], seg_in: DeviceTensor, hidden: DeviceTensor,
+                      frames: int) -> None:
+        """One segmenter call on a group of the batch's frames (`slot`: a frame's row in seg_in and hidden): priors
+        padded to the group's largest K (prior_valid masks the padding, as for one frame), the union of their
+        vocabularies as the one vocabulary input, and each frame's class logits taken back to its own classes and
+        "no object" column. Finishes each job with its Segmentation."""
+        t0 = time.perf_counter()
+        slots = [slot for slot, _ in group]
+        embs = [job.emb for _, job in group]
+        if slots != list(range(frames)):   # part of the batch (several groups, unlabeled frames): gathered on the host
+            seg_in, hidden = seg_in.on_host()[slots], np.ascontiguousarray(hidden.on_host()[:, slots])
+        n, k = len(group), max(e.objects.shape[0] for e in embs)
+        objects, attributes = (np.zeros((n, k, self.text_dim), np.float32) for _ in range(2))
+        valid, relation = np.zeros((n, k), np.float32), np.zeros((n, k, k), np.float32)
+        union: dict[str, int] = {}
+        rows = []
+        for b, e in enumerate(embs):
+            m = e.objects.shape[0]
+            objects[b, :m], attributes[b, :m], valid[b, :m], relation[b, :m, :m] = (e.objects, e.attributes, e.valid,
+                                                                                    e.relation)
+            for name, row in zip(e.classes, e.vocabulary):
+                if name not in union:
+                    union[name] = len(rows)
+                    rows.append(row)
+        feeds = {SEGMENTER.frame: seg_in, SEGMENTER.vision_hidden_states: hidden, SEGMENTER.object_embeddings: objects,
+                 SEGMENTER.attribute_embeddings: attributes, SEGMENTER.prior_valid: valid,
+                 SEGMENTER.relation_graph: relation, SEGMENTER.vocab_embeddings: np.stack(rows)}
+        with self._span("segment"):
+            out = self.engines[SEGMENTER.component].run_bound(feeds)
+        masks, classes = out[SEGMENTER.mask_logits], out[SEGMENTER.class_logits]
+        t_seg = _ms(t0)
+        host_classes = None
+        for b, ((_, job), e) in enumerate(zip(group, embs)):
+            t1 = time.perf_counter()
+            columns = [union[name] for name in e.classes] + [len(rows)]   # its classes, then "no object"
+            frame_masks, frame_classes = masks.rows(b, b + 1), classes.rows(b, b + 1)
+            if columns != list(range(len(rows) + 1)):
+                if host_classes is None:   # (B, Q, V+1) floats: small beside the masks, which stay where they are
+                    host_classes = classes.on_host()
+                frame_classes = DeviceTensor.from_array(np.ascontiguousarray(host_classes[b:b + 1][..., columns]))
+            on_device = self._postprocess_on_device(job.image, len(e.classes))
+            if not on_device:
+                frame_masks, frame_classes = frame_masks.to_numpy()[0], frame_classes.to_numpy()[0]
+            labels, scores, raw_masks, raw_classes = self._semantic(job.image, frame_masks, frame_classes, on_device)
+            timings = {**job.image.timings, **e.timings, "segment": t_seg, "postprocess": _ms(t1)}
+            self._finish(job, Segmentation(labels, list(e.classes), scores, job.caption, job.priors, timings,
+                                           raw_masks, raw_classes))
 
     # -- asynchronous captioning ---------------------------------------------------------------------
     def _async_caption(self, captioning, index: int, image: ImageFeatures, has_vocabulary: bool):

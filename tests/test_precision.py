@@ -231,6 +231,22 @@ def test_int8_graphs_are_symmetric_per_channel_qdq_for_tensorrt(tiny_int8):
         assert seg.labels.shape == demo_frame(2).shape[:2]
 
 
+@pytest.mark.parametrize("which", ["fp16", "int8"])
+def test_converted_graphs_keep_the_batch_axis_calibrated_at_batch_1(which, tiny_fp16, tiny_int8):
+    folder = (tiny_fp16 if which == "fp16" else tiny_int8)[0]
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, (64 + 8 * i, 64, 3), dtype=np.uint8) for i in range(3)]
+    vocabularies = [["ball", "box"], ["sky"], ["ball", "box", "cat"]]
+    with runtime.load(folder) as rt:
+        assert rt.manifest.precision == which and rt.max_batch > 1
+        rt.batch_graphs = True
+        batch = rt.segment_batch(frames, vocabularies, ["a ball on a box"] * 3)
+        single = [rt.segment(f, v, "a ball on a box") for f, v in zip(frames, vocabularies)]
+    for b, s in zip(batch, single):
+        assert np.array_equal(b.labels, s.labels)
+        np.testing.assert_allclose(b.class_logits, s.class_logits, rtol=1e-4, atol=1e-4)
+
+
 def test_int8_rebuild_uses_the_calibration_cache(tiny_int8, tiny_fp32, calib, monkeypatch):
     folder, first, root = tiny_int8
     import calibration.quantize as quantize
