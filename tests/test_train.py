@@ -202,3 +202,42 @@ def test_the_tower_stage_learns_cell_class_mixes_on_two_processes_and_feeds_the_
                "ckpt_every": 100, "tokenizer_vocab": 300, "captioner_text": {"hidden_size": 32, "intermediate_size": 64,
                                                                             "num_hidden_layers": 1}, "max_new_tokens": 4},
               tmp_path)
+
+
+def test_cell_mix_is_the_label_maps_class_mix_per_tower_cell():
+    """The bincount version equals average pooling of the one-hot label map where the grid divides the frame,
+    and on any grid every labelled pixel counts in exactly one cell."""
+    from llmformer.data.synthetic import make_scene
+    from llmformer.train.tower import cell_mix
+
+    labels = [make_scene("train", i).labels for i in range(3)]
+    labels[0][:5, :5] = 255
+    for lab in labels:
+        onehot = torch.nn.functional.one_hot(torch.as_tensor(lab.astype(np.int64)).clamp(0, 20), 21)[..., :20]
+        pooled = torch.nn.functional.avg_pool2d(onehot.permute(2, 0, 1).float()[None], 32)[0].flatten(1).T
+        expected = pooled / pooled.sum(-1, keepdim=True).clamp_min(1e-6)
+        assert torch.allclose(cell_mix([lab], 8, 20)[0], expected, atol=1e-6)
+    mix = cell_mix(labels, 12, 20)
+    assert mix.shape == (3, 144, 20) and torch.allclose(mix.sum(-1), torch.ones(3, 144))
+
+
+def test_prior_noise_withholds_captions_and_renames_objects_only():
+    from runtime.priors import Priors, PriorObject, Relation
+    from llmformer.train.text import PriorNoise
+
+    names = ["circle", "star", "heart"]
+    priors = Priors("a red star on a circle, on grass",
+                    [PriorObject("star", "red star", ["red"]), PriorObject("circle", "circle"),
+                     PriorObject("grass", "grass")], [Relation(0, "on", 1)])
+    rng = np.random.default_rng(0)
+    assert PriorNoise(0.0, 0.0, names, rng)(priors) == priors
+    assert PriorNoise(1.0, 0.0, names, rng)(priors).objects == []
+    swapped = PriorNoise(0.0, 1.0, names, rng)(priors)
+    assert [o.name != p.name for o, p in zip(swapped.objects, priors.objects)] == [True, True, False]
+    assert all(o.name in names for o in swapped.objects[:2]) and swapped.objects[0].attributes == ["red"]
+    assert swapped.relations == priors.relations and priors.objects[0].name == "star"   # the input is left alone
+    noise = PriorNoise(0.5, 0.0, names, np.random.default_rng(1))
+    withheld = sum(noise(priors).objects == [] for _ in range(400))
+    assert 150 < withheld < 250
+    with pytest.raises(ValueError, match="caption_dropout is a probability"):
+        TrainConfig(task="segmenter", caption_dropout=1.5)

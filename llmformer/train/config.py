@@ -55,6 +55,8 @@ class TrainConfig:
     vision_tower: str | None = None  # start from this vision_tower.safetensors (else the preset's random tower)
     segmenter_overrides: dict[str, Any] = field(default_factory=dict)  # e.g. {"relation_attention": false}
     loss: dict[str, float] = field(default_factory=dict)  # segmenter: train.losses.LossWeights; tower: mix, objects
+    caption_dropout: float = 0.0     # segmenter: fraction of scenes trained without a caption (null priors)
+    prior_swap: float = 0.0          # segmenter: chance that each caption object is renamed to another class
     # captioner
     captioner_text: dict[str, Any] = field(default_factory=dict)        # PhiConfig overrides of the tiny LM
     tokenizer_vocab: int = 512
@@ -68,6 +70,9 @@ class TrainConfig:
         for name in ("steps", "batch_size", "threads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("caption_dropout", "prior_swap"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} is a probability in [0, 1], got {getattr(self, name)}")
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -20,6 +20,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from llmformer.checkpoint import save_component
+from llmformer.data.synthetic import BACKGROUND_NAMES
 from llmformer.presets import IMAGENET_MEAN, IMAGENET_STD, Preset, get_preset
 from llmformer.segmenter import LLMFormerSegmenter, semantic_inference
 from llmformer.vision_tower import VisionTower
@@ -30,7 +31,7 @@ from llmformer.train.common import (STATE_FILE, Dist, Logger, due, optimizer_ste
 from llmformer.train.config import TrainConfig
 from llmformer.train.data import open_split
 from llmformer.train.losses import LossWeights, semantic_targets, set_criterion
-from llmformer.train.text import TextSide
+from llmformer.train.text import PriorNoise, TextSide
 
 
 class TowerAndSegmenter(nn.Module):
@@ -108,13 +109,18 @@ def main(cfg: TrainConfig) -> dict:
     ablated = any(v is False for v in cfg.segmenter_overrides.values())
     ddp = DistributedDataParallel(model, find_unused_parameters=ablated) if d.world > 1 else model
     log = Logger(out, cfg, d.main, start)
+    noise = None
+    if cfg.caption_dropout or cfg.prior_swap:   # its own stream, so the noise does not shift the scenes' draws
+        objects = [c for c in classes if c not in BACKGROUND_NAMES]
+        noise = PriorNoise(cfg.caption_dropout, cfg.prior_swap, objects,
+                           np.random.default_rng([cfg.seed, d.rank, start]))
     mask_size = (preset.segmenter.frame_size // preset.segmenter.mask_stride,) * 2
     global_batch = cfg.batch_size * d.world
     metrics: dict = {}
     for step in range(start, cfg.steps):
         items = rank_batch(train_set, step, cfg.batch_size, d)
         frame, pixels = preprocess([it.image for it in items], preset)
-        priors, _ = text.priors([it.caption for it in items], classes)
+        priors, _ = text.priors([it.caption for it in items], classes, noise)
         targets = [semantic_targets(torch.as_tensor(np.asarray(it.labels, np.int64)), len(classes), mask_size)
                    for it in items]
         predictions = ddp(frame.to(d.device), pixels.to(d.device), *(p.to(d.device) for p in priors), vocab)

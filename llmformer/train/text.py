@@ -3,6 +3,7 @@ runtime's `prior_arrays`) with the frozen text encoder behind the runtime's phra
 is trained on exactly the inputs the deployed runtime feeds it."""
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
@@ -11,8 +12,30 @@ import torch
 from llmformer.presets import Preset
 from llmformer.text_encoder import build_text_encoder, tokenizer_file
 from runtime.nlp import load_nlp
-from runtime.priors import parse
+from runtime.priors import Priors, parse
 from runtime.vocabulary import CachedEncoder, prior_arrays
+
+
+class PriorNoise:
+    """A captioner's mistakes, for the segmenter to learn that priors can be wrong: each caption is withheld
+    with probability `dropout` (null priors, as when the runtime has no caption) and each object in a kept one
+    is renamed to another of `names` with probability `swap` (the demo captioner's errors are wrong shape
+    names: benchmarks/README.md). Attributes and relations stay. Without it the segmenter learns to outline
+    whatever the caption names and finds nothing by sight (issue 15's given/none row)."""
+
+    def __init__(self, dropout: float, swap: float, names: Sequence[str], rng: np.random.Generator):
+        self.dropout, self.swap, self.names, self.rng = dropout, swap, list(names), rng
+
+    def __call__(self, priors: Priors) -> Priors:
+        if self.rng.random() < self.dropout:
+            return Priors(caption="")
+        objects = []
+        for o in priors.objects:
+            others = [n for n in self.names if n != o.name]
+            if o.name in self.names and self.rng.random() < self.swap:
+                o = dataclasses.replace(o, name=others[self.rng.integers(len(others))])
+            objects.append(o)
+        return dataclasses.replace(priors, objects=objects)
 
 
 class TextSide:
@@ -40,10 +63,12 @@ class TextSide:
     def vocabulary(self, classes: Sequence[str]) -> torch.Tensor:
         return torch.from_numpy(self.cache(list(classes)))
 
-    def priors(self, captions: Sequence[str], classes: Sequence[str]):
+    def priors(self, captions: Sequence[str], classes: Sequence[str], noise: "PriorNoise | None" = None):
         """A batch of captions -> (objects, attributes, valid, relation) padded to the batch's largest K,
-        and the parsed Priors."""
+        and the parsed Priors (after `noise`, when given)."""
         parsed = [parse(c, nlp=self.nlp) for c in captions]
+        if noise is not None:
+            parsed = [noise(p) for p in parsed]
         arrays = [prior_arrays(p, classes, self.cache, self.dim, self.map_threshold) for p in parsed]
         K = max(a[0].shape[0] for a in arrays)
         B = len(arrays)
