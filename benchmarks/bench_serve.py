@@ -15,6 +15,7 @@ requests (--requests, split over the streams) after --warmup requests per stream
   batch off    the server with --max-batch 1 (one request at a time, no batching across requests)
   batch on     the server with --max-batch 8 --max-queue-delay-ms 5
   batch on x2  as batch on with --instances 2 --threads 1 (two Runtimes, one thread each)
+  batch off x2 as batch off with --instances 2 --threads 1 (one request per Runtime at a time, one per core)
 
 N streams = N client threads, each with its own connection and stream id, each sending its next frame when
 the last answer came (closed loop). Reported: aggregate frames/s, per-request latency p50/p95 (client side),
@@ -46,6 +47,7 @@ MODES = {
     "batch off": ["--max-batch", "1", "--max-queue-delay-ms", "0"],
     "batch on": ["--max-batch", "8", "--max-queue-delay-ms", "5"],
     "batch on x2": ["--max-batch", "8", "--max-queue-delay-ms", "5", "--instances", "2", "--threads", "1"],
+    "batch off x2": ["--max-batch", "1", "--max-queue-delay-ms", "0", "--instances", "2", "--threads", "1"],
 }
 
 
