@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from engines.contract import (BATCH_AXIS, CLASS_AXIS, PHRASES_AXIS, PRIORS_AXIS, SEGMENTER, TEXT_ENCODER, VISION_TOWER,
-                              VOCAB_AXIS, ComponentNames)
+from engines.contract import (BATCH_AXIS, CLASS_AXIS, PHRASES_AXIS, PRIORS_AXIS, SEGMENTER, TEXT_ENCODER,
+                              VISION_TOWER, VOCAB_AXIS, ComponentNames)
 from llmformer.presets import Preset
 
 # Ranges of the dynamic axes, recorded in the manifest (and the TensorRT profiles made from it). The batch axis's
