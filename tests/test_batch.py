@@ -34,7 +34,8 @@ def demo_artifacts(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tiny_b3(tmp_path_factory):
     out = tmp_path_factory.mktemp("batch") / "tiny_b3"
-    build(parse_args(["--out", str(out), "--max-batch", "3", "--skip-validation", "--no-captioner"]), preset=tiny_preset())
+    build(parse_args(["--out", str(out), "--max-batch", "3", "--skip-validation", "--no-captioner"]),
+          preset=tiny_preset())
     return out
 
 
