@@ -255,6 +255,11 @@ class TensorSpec:
     min_shape: tuple[int, ...] | None = None
     max_shape: tuple[int, ...] | None = None
 
+    @property
+    def one_frame(self) -> tuple[int | str, ...]:
+        """The shape with the batch axis (BATCH_AXIS) at one frame: what a single-frame call binds."""
+        return tuple(1 if d == BATCH_AXIS else d for d in self.shape)
+
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["shape"] = list(self.shape)

@@ -30,9 +30,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from engines.base import BACKENDS, DeviceTensor, Engine, backend_importable, check_engine_options, create_engine
-from engines.contract import (BATCH_AXIS, CAPTIONER_DECODER, CAPTIONER_EMBED, CAPTIONER_VISION, FRAME_PREPROCESS,
-                              SEGMENTER, SEMANTIC_MAP, TEXT_ENCODER, VERIFY_LEVELS, VISION_TOWER, Manifest,
-                              read_manifest)
+from engines.contract import (CAPTIONER_DECODER, CAPTIONER_EMBED, CAPTIONER_VISION, FRAME_PREPROCESS, SEGMENTER,
+                              SEMANTIC_MAP, TEXT_ENCODER, VERIFY_LEVELS, VISION_TOWER, Manifest, read_manifest)
 from engines.errors import EngineError, LLMFormerError, ManifestError
 from runtime.frames import check_frame, semantic_map, to_pixels, to_tensor
 from runtime.profiling import NULL_SPAN
@@ -388,8 +387,7 @@ class Runtime:
                 raise RuntimeInputError("these ImageFeatures carry no image embeddings: make them with encode_image()")
             # Every output bound to fresh tensors: the vision graph's shapes for one frame, and the engine's own
             # buffers (the frame's hidden states, on TensorRT) stay as the segmenter left them.
-            outputs = {s.name: vision.allocate(s.name, tuple(1 if d == BATCH_AXIS else d for d in s.shape))
-                       for s in vision.outputs}
+            outputs = {s.name: vision.allocate(s.name, s.one_frame) for s in vision.outputs}
             return vision.run_bound({CAPTIONER_VISION.pixel_values: to_pixels(image.rgb, self.caption_pre)},
                                     outputs)[CAPTIONER_VISION.image_embeds]
         embeds = image.image_embeds

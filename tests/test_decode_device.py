@@ -15,7 +15,7 @@ from onnx import TensorProto, helper
 
 import runtime
 from engines.base import DeviceTensor, Engine, IOBytes, cuda_python_available
-from engines.contract import BATCH_AXIS, CAPTIONER_DECODER, CAPTIONER_VISION
+from engines.contract import CAPTIONER_DECODER, CAPTIONER_VISION
 from engines.errors import EngineError
 from engines.onnxruntime_engine import OnnxRuntimeEngine
 from runtime.decode import Caption, CaptionDecoder, CaptionIO, CaptionTimings
@@ -44,8 +44,7 @@ def rt(tiny_artifacts):
 
 def _pixels(rt, seed):
     spec = rt.engines[CAPTIONER_VISION.component].inputs[0]
-    shape = tuple(1 if d == BATCH_AXIS else d for d in spec.shape)   # one frame of the graph's batch axis
-    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+    return np.random.default_rng(seed).standard_normal(spec.one_frame).astype(np.float32)
 
 
 def _sizes(decoder: CaptionDecoder, capacity: int):
@@ -311,7 +310,7 @@ def test_engine_io_per_frame_is_the_difference_over_the_frames(rt):
     vision = per_frame["by_engine"][rt.vision_name]
     spec = rt.engines[rt.vision_name]
     pixels = int(np.prod(_pixels(rt, 0).shape)) * 4
-    outputs = sum(int(np.prod([1 if d == BATCH_AXIS else d for d in s.shape])) * 4 for s in spec.outputs)
+    outputs = sum(int(np.prod(s.one_frame)) * 4 for s in spec.outputs)
     # The tower's outputs stay on its device for the segmenter and the captioner: only the pixels cross.
     assert vision["host_to_device"] == pixels and vision["device_to_host"] == 0 < outputs
     assert per_frame["total"] == pixels                 # nothing else ran
