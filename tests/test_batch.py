@@ -31,21 +31,22 @@ def demo_artifacts(tmp_path_factory):
     return out
 
 
-@pytest.fixture(scope="module")
-def tiny_b3(tmp_path_factory):
-    out = tmp_path_factory.mktemp("batch") / "tiny_b3"
-    build(parse_args(["--out", str(out), "--max-batch", "3", "--skip-validation", "--no-captioner"]),
+def tiny_build(tmp_path_factory, max_batch: int):
+    out = tmp_path_factory.mktemp("batch") / f"tiny_b{max_batch}"
+    build(parse_args(["--out", str(out), "--max-batch", str(max_batch), "--skip-validation", "--no-captioner"]),
           preset=tiny_preset())
     return out
+
+
+@pytest.fixture(scope="module")
+def tiny_b3(tmp_path_factory):
+    return tiny_build(tmp_path_factory, 3)
 
 
 @pytest.fixture(scope="module")
 def tiny_unbatched(tmp_path_factory):
     """A build without a batch axis: the graphs of builds from before it."""
-    out = tmp_path_factory.mktemp("batch") / "tiny_b1"
-    build(parse_args(["--out", str(out), "--max-batch", "1", "--skip-validation", "--no-captioner"]),
-          preset=tiny_preset())
-    return out
+    return tiny_build(tmp_path_factory, 1)
 
 
 def segmenter_calls(rt) -> list[int]:

@@ -33,7 +33,7 @@ from llmformer.train.common import (STATE_FILE, Dist, Logger, due, optimizer_ste
                                     save_state, seed_everything, set_threads, start_tower, train_tower_through)
 from llmformer.train.config import TrainConfig
 from llmformer.train.data import open_split
-from llmformer.train.segmenter import preprocess
+from llmformer.train.segmenter import tower_pixels
 
 CAPTIONER_DIR = "captioner"
 IGNORE_INDEX = -100
@@ -89,7 +89,7 @@ def caption_scores(llava, builder: PromptBuilder, preset, scenes, max_new_tokens
     hits, examples, parsed, truth = 0, [], [], []
     for i in range(len(scenes)):
         scene = scenes[i]
-        _, pixels = preprocess([scene.image], preset)
+        pixels = tower_pixels([scene.image], preset)
         ids = torch.tensor([builder.prompt_ids])
         out = llava.generate(input_ids=ids, pixel_values=pixels, attention_mask=torch.ones_like(ids),
                              max_new_tokens=max_new_tokens, do_sample=False)
@@ -124,7 +124,7 @@ def main(cfg: TrainConfig) -> dict:
     nlp = load_nlp() if d.main else None
     for step in range(start, cfg.steps):
         items = rank_batch(train_set, step, cfg.batch_size, d)
-        _, pixels = preprocess([it.image for it in items], preset)
+        pixels = tower_pixels([it.image for it in items], preset)
         ids, mask, labels = builder.batch([it.canonical_caption for it in items])
         loss = ddp(input_ids=ids.to(d.device), pixel_values=pixels.to(d.device), attention_mask=mask.to(d.device),
                    labels=labels.to(d.device)).loss

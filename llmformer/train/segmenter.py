@@ -61,12 +61,17 @@ def build_models(cfg: TrainConfig) -> tuple[Preset, VisionTower, LLMFormerSegmen
     return preset, start_tower(cfg, preset).train(), LLMFormerSegmenter(preset.segmenter).train()
 
 
+def tower_pixels(images: list[np.ndarray], preset: Preset) -> torch.Tensor:
+    """The runtime's tower preprocessing (runtime.frames.to_tensor): what the tower and captioner stages read."""
+    v = preset.vision_tower
+    return torch.from_numpy(np.concatenate([to_tensor(im, v.image_size, v.mean, v.std) for im in images]))
+
+
 def preprocess(images: list[np.ndarray], preset: Preset) -> tuple[torch.Tensor, torch.Tensor]:
     """The runtime's own preprocessing (runtime.frames.to_tensor): segmenter input and tower pixels."""
-    s, v = preset.segmenter.frame_size, preset.vision_tower
+    s = preset.segmenter.frame_size
     frame = np.concatenate([to_tensor(im, s, IMAGENET_MEAN, IMAGENET_STD) for im in images])
-    pixels = np.concatenate([to_tensor(im, v.image_size, v.mean, v.std) for im in images])
-    return torch.from_numpy(frame), torch.from_numpy(pixels)
+    return torch.from_numpy(frame), tower_pixels(images, preset)
 
 
 @torch.no_grad()

@@ -31,8 +31,8 @@ class PriorNoise:
             return Priors(caption="")
         objects = []
         for o in priors.objects:
-            others = [n for n in self.names if n != o.name]
             if o.name in self.names and self.rng.random() < self.swap:
+                others = [n for n in self.names if n != o.name]
                 o = dataclasses.replace(o, name=others[self.rng.integers(len(others))])
             objects.append(o)
         return dataclasses.replace(priors, objects=objects)

@@ -36,8 +36,8 @@ from llmformer.train.common import (STATE_FILE, Dist, Logger, due, optimizer_ste
                                     save_state, seed_everything, set_threads, start_tower, train_tower_through)
 from llmformer.train.config import TrainConfig
 from llmformer.train.data import open_split
+from llmformer.train.segmenter import tower_pixels
 from llmformer.vision_tower import VisionTower
-from runtime.frames import to_tensor
 
 LOSS_TERMS = {"mix": 1.0, "objects": 1.0}
 COVERED = 0.1        # a cell counts for the objects term where objects cover more than this
@@ -73,12 +73,6 @@ def cell_mix(labels: list[np.ndarray], grid: int, classes: int) -> torch.Tensor:
         out[b] = counts.reshape(grid * grid, classes)
     out /= np.maximum(out.sum(-1, keepdims=True), 1e-6)
     return torch.from_numpy(out)
-
-
-def tower_pixels(images: list[np.ndarray], preset) -> torch.Tensor:
-    """The runtime's tower preprocessing (runtime.frames.to_tensor) alone: this stage has no segmenter."""
-    v = preset.vision_tower
-    return torch.from_numpy(np.concatenate([to_tensor(im, v.image_size, v.mean, v.std) for im in images]))
 
 
 def patch_loss(logits: torch.Tensor, mix: torch.Tensor, objects: torch.Tensor,
