@@ -291,7 +291,7 @@ _TINY_CORPUS = [
 
 def build_tiny_tokenizer(vocab_size: int = 512, corpus: Sequence[str] | None = None):
     """A byte-level BPE tokenizer (Phi-2's kind) trained offline on a few sentences (`corpus`, default a
-    built-in handful; the prompt's system line is always in), with <|endoftext|> (id 0: eos, bos, unk and
+    built-in handful; the prompt's system line and question are always in), with <|endoftext|> (id 0: eos, bos, unk and
     pad, as in Phi-2) and <image> (id 1) as special tokens."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -301,7 +301,10 @@ def build_tiny_tokenizer(vocab_size: int = 512, corpus: Sequence[str] | None = N
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS_TOKEN, LLAVA_PHI_PROMPT["image_token"]],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    text = _TINY_CORPUS * 4 if corpus is None else [*_TINY_CORPUS[:2], *corpus]
+    # With a corpus, the prompt's lines count as often as one in eight of its sentences, so that their words merge
+    # into whole tokens as the corpus's words do: the prompt is in every sequence the captioner sees, and at one
+    # token per byte its system line alone was ~140 tokens, more than the image's 64 and the answer together.
+    text = _TINY_CORPUS * 4 if corpus is None else [*_TINY_CORPUS[:3]] * max(1, len(corpus) // 8) + [*corpus]
     tok.train_from_iterator(text, trainer=trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS_TOKEN, bos_token=EOS_TOKEN,
                                    unk_token=EOS_TOKEN, pad_token=EOS_TOKEN, clean_up_tokenization_spaces=False)

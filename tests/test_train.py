@@ -199,9 +199,9 @@ def test_the_tower_stage_learns_cell_class_mixes_on_two_processes_and_feeds_the_
     run_train({"task": "captioner", "preset": "demo", "out": str(tmp_path / "cap"),
                "dataset": {"train_length": 4, "val_length": 1}, "vision_tower": str(out / "vision_tower.safetensors"),
                "train_tower": False, "steps": 2, "batch_size": 2, "warmup_steps": 1, "log_every": 1, "eval_every": 0,
-               "ckpt_every": 100, "tokenizer_vocab": 300, "captioner_text": {"hidden_size": 32, "intermediate_size": 64,
-                                                                            "num_hidden_layers": 1}, "max_new_tokens": 4},
-              tmp_path)
+               "ckpt_every": 100, "tokenizer_vocab": 300, "name_weight": 3.0,
+               "captioner_text": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1},
+               "max_new_tokens": 4}, tmp_path)
 
 
 def test_cell_mix_is_the_label_maps_class_mix_per_tower_cell():
@@ -241,3 +241,33 @@ def test_prior_noise_withholds_captions_and_renames_objects_only():
     assert 150 < withheld < 250
     with pytest.raises(ValueError, match="caption_dropout is a probability"):
         TrainConfig(task="segmenter", caption_dropout=1.5)
+
+
+def test_caption_loss_weights_the_tokens_that_spell_class_names():
+    """Every token of a class name or its plural carries name_weight, the rest 1 and padding 0; with every
+    weight 1 the loss is transformers' own LLaVA loss."""
+    from llmformer.captioner import LLAVA_PHI_PROMPT, build_random_llava, build_tiny_tokenizer, tiny_phi_config
+    from llmformer.presets import demo
+    from llmformer.train.captioner import PromptBuilder, caption_loss
+
+    captions = ["Two small checkered red pentagons, on a carpet.",
+                "A large dotted blue crescent left of a small white star, on grass. A red cross is above the star."]
+    tokenizer = build_tiny_tokenizer(512, corpus=captions * 20)
+    tok = tokenizer.backend_tokenizer
+    # The prompt's words are merged like the corpus's: its system line is not spelled one byte per token.
+    assert len(tok.encode(LLAVA_PHI_PROMPT["system"]).ids) < 0.5 * len(LLAVA_PHI_PROMPT["system"])
+    builder = PromptBuilder(tokenizer, demo().vision_tower.grid ** 2, ["pentagon", "carpet", "crescent", "star", "cross", "grass"], 3.0)
+    ids, weights = builder.answer(captions[0])
+    spelled = {}
+    for i, w in zip(ids, weights):
+        spelled[w] = spelled.get(w, "") + tok.decode([i])
+    assert spelled[3.0].split() == ["pentagons", "carpet"] and "red" in spelled[1.0] and ids[-1] == builder.eos_id
+    input_ids, mask, labels, w = builder.batch(captions)
+    assert torch.equal(w > 0, labels != -100)
+    assert tok.decode(input_ids[1][w[1] == 3.0].tolist()).split() == ["crescent", "star", "grass", "cross", "star"]
+    llava = build_random_llava(demo().vision_tower, tiny_phi_config(len(tokenizer.get_vocab())), tokenizer)
+    pixels = torch.randn(2, 3, 112, 112)
+    out = llava(input_ids=input_ids, pixel_values=pixels, attention_mask=mask, labels=labels)
+    assert torch.allclose(caption_loss(out.logits, labels, (w > 0).float()), out.loss, atol=1e-5)
+    heavier = caption_loss(out.logits, labels, w)
+    assert not torch.allclose(heavier, out.loss)

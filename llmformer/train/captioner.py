@@ -6,8 +6,10 @@ The vision tower is the preset's random one, or `vision_tower` (a vision_tower.s
 `train_tower` the caption loss also trains the tower blocks it reaches (up to LLaVA's feature layer, -2:
 every block but the last; the demo keeps the segmenter run's tower frozen, since one tower pass feeds both
 at deployment). The projector and the Phi-architecture LM are trained with next-token cross-entropy on the
-answer, in the exact prompt the runtime sends ("{system} USER: <image> x N\\n{question} ASSISTANT:"). A
-byte-level BPE tokenizer is fitted to the training captions. Writes OUT/captioner/ (transformers' native
+answer, in the exact prompt the runtime sends ("{system} USER: <image> x N\\n{question} ASSISTANT:"), the
+tokens that spell a class name weighted by `name_weight` (the rest of a caption, templates, sizes and the
+background, is learned first and would otherwise dominate the loss). A byte-level BPE tokenizer is fitted
+to the training captions (and the prompt). Writes OUT/captioner/ (transformers' native
 LLaVA format + tokenizer.json + prompt_format.json, what `build_engines.py --captioner` reads),
 OUT/vision_tower.safetensors (its tower in the project's checkpoint format, for a segmenter run to start
 from), OUT/train_state.safetensors, OUT/log.jsonl, OUT/metrics.json. Evaluation: greedy captions of 50
@@ -16,13 +18,17 @@ validation scenes, exact match and object-prior F1 (as runtime.evaluate scores a
 from __future__ import annotations
 
 import json
+import re
 import time
+from collections.abc import Iterable
 
 import torch
+import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from llmformer.captioner import LLAVA_PHI_PROMPT, build_random_llava, build_tiny_tokenizer, save_captioner, tiny_phi_config
 from llmformer.checkpoint import save_component
+from llmformer.data.captions import plural
 from llmformer.presets import get_preset
 from llmformer.vision_tower import VisionTower
 from runtime.decode import PromptFormat
@@ -40,10 +46,14 @@ IGNORE_INDEX = -100
 
 
 class PromptBuilder:
-    """Token ids of prompt + answer, as the runtime's CaptionDecoder builds the prompt."""
+    """Token ids of prompt + answer, as the runtime's CaptionDecoder builds the prompt, and each answer token's
+    loss weight: `name_weight` for the tokens that spell one of `names` (a class name or its plural, as the
+    captions count objects), 1 for the rest."""
 
-    def __init__(self, tokenizer, image_tokens: int):
+    def __init__(self, tokenizer, image_tokens: int, names: Iterable[str] = (), name_weight: float = 1.0):
         self.tok = tokenizer.backend_tokenizer          # the `tokenizers` object the runtime uses
+        self.names = {w for n in names for w in (n.lower(), plural(n.lower()))}
+        self.name_weight = float(name_weight)
         self.prompt = PromptFormat.from_json(LLAVA_PHI_PROMPT)
         self.image_id = self.tok.token_to_id(self.prompt.image_token)
         self.eos_id = self.tok.token_to_id(self.prompt.stop_tokens[0])
@@ -51,21 +61,37 @@ class PromptBuilder:
         at = ids.index(self.image_id)
         self.prompt_ids = ids[:at] + [self.image_id] * image_tokens + ids[at + 1:]
 
-    def answer_ids(self, caption: str) -> list[int]:
-        return self.tok.encode(" " + caption.strip()).ids + [self.eos_id]
+    def answer(self, caption: str) -> tuple[list[int], list[float]]:
+        """The answer's token ids (eos last) and their loss weights."""
+        text = " " + caption.strip()
+        enc = self.tok.encode(text)
+        spans = [m.span() for m in re.finditer(r"[A-Za-z]+", text) if m.group().lower() in self.names]
+        weights = [self.name_weight if any(s < we and e > ws for ws, we in spans) else 1.0 for s, e in enc.offsets]
+        return enc.ids + [self.eos_id], weights + [1.0]
 
-    def batch(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """input_ids, attention_mask, labels (-100 on the prompt and padding), right-padded."""
-        answers = [self.answer_ids(c) for c in captions]
-        P, L = len(self.prompt_ids), len(self.prompt_ids) + max(len(a) for a in answers)
+    def batch(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """input_ids, attention_mask, labels (-100 on the prompt and padding), loss weights (0 where no label),
+        right-padded."""
+        answers = [self.answer(c) for c in captions]
+        P, L = len(self.prompt_ids), len(self.prompt_ids) + max(len(a) for a, _ in answers)
         ids = torch.full((len(captions), L), self.eos_id, dtype=torch.int64)
         mask = torch.zeros((len(captions), L), dtype=torch.int64)
         labels = torch.full((len(captions), L), IGNORE_INDEX, dtype=torch.int64)
-        for b, a in enumerate(answers):
+        weights = torch.zeros((len(captions), L))
+        for b, (a, w) in enumerate(answers):
             ids[b, :P + len(a)] = torch.tensor(self.prompt_ids + a)
             mask[b, :P + len(a)] = 1
             labels[b, P:P + len(a)] = torch.tensor(a)
-        return ids, mask, labels
+            weights[b, P:P + len(a)] = torch.tensor(w)
+        return ids, mask, labels, weights
+
+
+def caption_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy, each label weighted (with every weight 1: transformers' own LLaVA loss)."""
+    ce = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), reduction="none",
+                         ignore_index=IGNORE_INDEX)
+    w = weights[:, 1:].flatten()
+    return (ce * w).sum() / w.sum().clamp_min(1e-6)
 
 
 def build(cfg: TrainConfig, train_set):
@@ -112,7 +138,7 @@ def main(cfg: TrainConfig) -> dict:
     train_set = open_split(cfg.dataset, "train", get_preset(cfg.preset).segmenter.frame_size)
     preset, llava, tokenizer = build(cfg, train_set)
     llava.train()
-    builder = PromptBuilder(tokenizer, preset.vision_tower.grid ** 2)
+    builder = PromptBuilder(tokenizer, preset.vision_tower.grid ** 2, train_set.classes, cfg.name_weight)
     params = [p for p in llava.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     start, state_path = resume(out, llava, optimizer, d), out / STATE_FILE
@@ -125,12 +151,15 @@ def main(cfg: TrainConfig) -> dict:
     for step in range(start, cfg.steps):
         items = rank_batch(train_set, step, cfg.batch_size, d)
         pixels = tower_pixels([it.image for it in items], preset)
-        ids, mask, labels = builder.batch([it.canonical_caption for it in items])
-        loss = ddp(input_ids=ids.to(d.device), pixel_values=pixels.to(d.device), attention_mask=mask.to(d.device),
-                   labels=labels.to(d.device)).loss
+        ids, mask, labels, weights = builder.batch([it.canonical_caption for it in items])
+        logits = ddp(input_ids=ids.to(d.device), pixel_values=pixels.to(d.device),
+                     attention_mask=mask.to(d.device)).logits
+        labels, weights = labels.to(d.device), weights.to(d.device)
+        loss = caption_loss(logits, labels, weights)
         optimizer_step(optimizer, params, loss, step, cfg)
         if (step + 1) % cfg.log_every == 0 or step == start:
-            log(step, d.mean({"loss": float(loss.detach())}) | {"lr": optimizer.param_groups[0]["lr"]})
+            nll = caption_loss(logits.detach(), labels, (weights > 0).float())    # nats/token, every token alike
+            log(step, d.mean({"loss": float(loss.detach()), "nll": float(nll)}) | {"lr": optimizer.param_groups[0]["lr"]})
         if d.main and due(step, cfg.ckpt_every, cfg.steps):
             save_state(state_path, llava, optimizer, step + 1)
         if d.main and due(step, cfg.eval_every, cfg.steps):

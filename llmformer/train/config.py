@@ -60,6 +60,7 @@ class TrainConfig:
     # captioner
     captioner_text: dict[str, Any] = field(default_factory=dict)        # PhiConfig overrides of the tiny LM
     tokenizer_vocab: int = 512
+    name_weight: float = 1.0         # loss weight of the answer tokens that spell a class name (1: plain cross-entropy)
     max_new_tokens: int = 48
 
     def __post_init__(self) -> None:
@@ -70,6 +71,8 @@ class TrainConfig:
         for name in ("steps", "batch_size", "threads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.name_weight <= 0:
+            raise ValueError(f"name_weight must be > 0, got {self.name_weight}")
         for name in ("caption_dropout", "prior_swap"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} is a probability in [0, 1], got {getattr(self, name)}")
