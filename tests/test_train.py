@@ -70,6 +70,8 @@ def test_config_rejects_unknown_keys_and_missing_dataset_root(tmp_path):
     bad.write_text(json.dumps({"dataset": {"kind": "cocostuff"}}))
     with pytest.raises(ValueError, match="needs dataset.root"):
         TrainConfig.load(bad)
+    with pytest.raises(ValueError, match="name_weight must be > 0"):
+        TrainConfig(task="captioner", name_weight=0.0)
     res = subprocess.run([sys.executable, "-m", "llmformer.train", str(tmp_path / "missing.json")], cwd=ROOT,
                          capture_output=True, text=True)
     assert res.returncode == 2 and "cannot read the training config" in res.stderr
@@ -256,7 +258,8 @@ def test_caption_loss_weights_the_tokens_that_spell_class_names():
     tok = tokenizer.backend_tokenizer
     # The prompt's words are merged like the corpus's: its system line is not spelled one byte per token.
     assert len(tok.encode(LLAVA_PHI_PROMPT["system"]).ids) < 0.5 * len(LLAVA_PHI_PROMPT["system"])
-    builder = PromptBuilder(tokenizer, demo().vision_tower.grid ** 2, ["pentagon", "carpet", "crescent", "star", "cross", "grass"], 3.0)
+    names = ["pentagon", "carpet", "crescent", "star", "cross", "grass"]
+    builder = PromptBuilder(tokenizer, demo().vision_tower.grid ** 2, names, 3.0)
     ids, weights = builder.answer(captions[0])
     spelled = {}
     for i, w in zip(ids, weights):

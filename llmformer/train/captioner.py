@@ -159,7 +159,8 @@ def main(cfg: TrainConfig) -> dict:
         optimizer_step(optimizer, params, loss, step, cfg)
         if (step + 1) % cfg.log_every == 0 or step == start:
             nll = caption_loss(logits.detach(), labels, (weights > 0).float())    # nats/token, every token alike
-            log(step, d.mean({"loss": float(loss.detach()), "nll": float(nll)}) | {"lr": optimizer.param_groups[0]["lr"]})
+            log(step, d.mean({"loss": float(loss.detach()), "nll": float(nll)})
+                | {"lr": optimizer.param_groups[0]["lr"]})
         if d.main and due(step, cfg.ckpt_every, cfg.steps):
             save_state(state_path, llava, optimizer, step + 1)
         if d.main and due(step, cfg.eval_every, cfg.steps):

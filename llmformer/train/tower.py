@@ -11,8 +11,8 @@ same over the object classes alone on cells that objects cover (`loss.objects`; 
 the synthetic scenes' backgrounds), since backgrounds fill most cells and are learned first. Measured on the demo
 tower (val object accuracy, chance 7%): at chance for the first ~1,500 steps x 32 scenes whatever the learning
 rate or token grid, then rising: 49 / 72 / 81 / 81% at steps 4,000 / 8,000 / 12,000 / 16,000 of the shipped
-16,000-step schedule (a 10,000-step one ended at 77%, a 4,000-step one at 52%). The targets are counted with one bincount per frame
-(`cell_mix`): the one-hot pooling it replaces cost more than the tower's own step.
+16,000-step schedule (a 10,000-step one ended at 77%, a 4,000-step one at 52%). The targets are counted with one
+bincount per frame (`cell_mix`): the one-hot pooling it replaces cost more than the tower's own step.
 
 Writes OUT/vision_tower.safetensors (the project's checkpoint format: what the captioner and segmenter runs take
 as `vision_tower`), OUT/train_state.safetensors (resume), OUT/log.jsonl, OUT/metrics.json (val: shape accuracy on
