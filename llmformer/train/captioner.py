@@ -36,10 +36,10 @@ from runtime.evaluate import object_f1
 from runtime.nlp import load_nlp
 from runtime.priors import parse
 from llmformer.train.common import (STATE_FILE, Dist, Logger, due, optimizer_step, prepare_run, rank_batch, resume,
-                                    save_state, seed_everything, set_threads, start_tower, train_tower_through)
+                                    save_state, seed_everything, set_threads, start_tower, tower_pixels,
+                                    train_tower_through)
 from llmformer.train.config import TrainConfig
 from llmformer.train.data import open_split
-from llmformer.train.segmenter import tower_pixels
 
 CAPTIONER_DIR = "captioner"
 IGNORE_INDEX = -100

@@ -1,5 +1,5 @@
-"""What both training tasks share: the process group, logging with ETA, the run folder, the learning-rate
-schedule, and resumable training state in safetensors (no pickles)."""
+"""What the training tasks share: the process group, logging with ETA, the run folder, the learning-rate
+schedule, resumable training state in safetensors (no pickles), and the tower's input as the runtime makes it."""
 from __future__ import annotations
 
 import json
@@ -17,6 +17,7 @@ import torch.distributed as dist
 from torch import nn
 
 from llmformer.train.config import TrainConfig
+from runtime.frames import to_tensor
 
 STATE_FILE = "train_state.safetensors"
 
@@ -208,3 +209,9 @@ def set_threads(n: int) -> None:
 def fail(msg: str) -> None:
     print(f"error: {msg}", file=sys.stderr)
     raise SystemExit(2)
+
+
+def tower_pixels(images: list[np.ndarray], preset) -> torch.Tensor:
+    """The runtime's tower preprocessing (runtime.frames.to_tensor): what every stage's tower reads."""
+    v = preset.vision_tower
+    return torch.from_numpy(np.concatenate([to_tensor(im, v.image_size, v.mean, v.std) for im in images]))

@@ -27,7 +27,7 @@ from llmformer.vision_tower import VisionTower
 from runtime.evaluate import Confusion
 from runtime.frames import to_tensor
 from llmformer.train.common import (STATE_FILE, Dist, Logger, due, optimizer_step, prepare_run, rank_batch, resume,
-                                    save_state, seed_everything, set_threads, start_tower)
+                                    save_state, seed_everything, set_threads, start_tower, tower_pixels)
 from llmformer.train.config import TrainConfig
 from llmformer.train.data import open_split
 from llmformer.train.losses import LossWeights, semantic_targets, set_criterion
@@ -59,12 +59,6 @@ def build_models(cfg: TrainConfig) -> tuple[Preset, VisionTower, LLMFormerSegmen
     if cfg.segmenter_overrides:
         preset = dataclasses.replace(preset, segmenter=dataclasses.replace(preset.segmenter, **cfg.segmenter_overrides))
     return preset, start_tower(cfg, preset).train(), LLMFormerSegmenter(preset.segmenter).train()
-
-
-def tower_pixels(images: list[np.ndarray], preset: Preset) -> torch.Tensor:
-    """The runtime's tower preprocessing (runtime.frames.to_tensor): what the tower and captioner stages read."""
-    v = preset.vision_tower
-    return torch.from_numpy(np.concatenate([to_tensor(im, v.image_size, v.mean, v.std) for im in images]))
 
 
 def preprocess(images: list[np.ndarray], preset: Preset) -> tuple[torch.Tensor, torch.Tensor]:

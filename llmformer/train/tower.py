@@ -33,10 +33,10 @@ from llmformer.checkpoint import save_component
 from llmformer.data.synthetic import BACKGROUND_NAMES
 from llmformer.presets import get_preset
 from llmformer.train.common import (STATE_FILE, Dist, Logger, due, optimizer_step, prepare_run, rank_batch, resume,
-                                    save_state, seed_everything, set_threads, start_tower, train_tower_through)
+                                    save_state, seed_everything, set_threads, start_tower, tower_pixels,
+                                    train_tower_through)
 from llmformer.train.config import TrainConfig
 from llmformer.train.data import open_split
-from llmformer.train.segmenter import tower_pixels
 from llmformer.vision_tower import VisionTower
 
 LOSS_TERMS = {"mix": 1.0, "objects": 1.0}
