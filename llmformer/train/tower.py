@@ -15,8 +15,9 @@ rate or token grid, then rising: 49 / 72 / 81 / 81% at steps 4,000 / 8,000 / 12,
 bincount per frame (`cell_mix`): the one-hot pooling it replaces cost more than the tower's own step.
 
 Writes OUT/vision_tower.safetensors (the project's checkpoint format: what the captioner and segmenter runs take
-as `vision_tower`), OUT/train_state.safetensors (resume), OUT/log.jsonl, OUT/metrics.json (val: shape accuracy on
-cells one object covers over 30%, and the loss).
+as `vision_tower`), OUT/train_state.safetensors (resume), OUT/log.jsonl, OUT/metrics.json (val, see `evaluate`:
+shape accuracy on cells one object covers over 30%, and the scene-level precision / recall / F1 of the objects the
+head names).
 """
 from __future__ import annotations
 
@@ -42,6 +43,7 @@ from llmformer.vision_tower import VisionTower
 LOSS_TERMS = {"mix": 1.0, "objects": 1.0}
 COVERED = 0.1        # a cell counts for the objects term where objects cover more than this
 SCORED = 0.3         # ... and for the val accuracy where one object covers more than this
+PRESENT = 0.2        # a val cell names an object where the object classes hold more than this of its probability
 
 
 class TowerWithPatchHead(nn.Module):
@@ -90,21 +92,42 @@ def patch_loss(logits: torch.Tensor, mix: torch.Tensor, objects: torch.Tensor,
     return loss, {"mix": float(mix_term.detach()), "objects": float(obj_term.detach())}
 
 
+def named_objects(logits: torch.Tensor, objects: torch.Tensor) -> list[set[int]]:
+    """The object classes the head names in each frame of (B, cells, classes) logits: a cell names the object
+    class it ranks first among the object classes when those hold over PRESENT of its probability (a small
+    object rarely wins a cell's argmax against the background around it)."""
+    first = torch.where(objects, logits, torch.finfo(logits.dtype).min).argmax(-1)
+    named = torch.where(logits.softmax(-1)[..., objects].sum(-1) > PRESENT, first, -1)
+    return [{c for c in cells.tolist() if c >= 0} for cells in named]
+
+
 @torch.no_grad()
 def evaluate(model: TowerWithPatchHead, preset, scenes, classes: int, objects: torch.Tensor) -> dict[str, float]:
-    """Object accuracy on the val cells one object class covers over SCORED (argmax over the object classes)."""
+    """Two views of what the tower's tokens tell apart, on the val scenes:
+    - object accuracy on the cells one object class covers over SCORED (argmax over the object classes);
+    - which objects a scene holds, read off the head alone (`named_objects`): scene precision / recall / F1 of
+      those names against the scene's objects, and the recall of small objects apart. Comparable across token
+      grids, and near the ceiling of a captioner that reads these tokens (benchmarks/README.md, issue 15)."""
     model.eval()
-    hits = total = 0
+    hits = total = tp = fp = fn = small_hits = small = 0
     for i in range(0, len(scenes), 16):
         items = [scenes[j] for j in range(i, min(i + 16, len(scenes)))]
-        pixels = tower_pixels([it.image for it in items], preset)
-        logits = model(pixels)[..., objects]
+        logits = model(tower_pixels([it.image for it in items], preset))
         mix = cell_mix([it.labels for it in items], preset.vision_tower.grid, classes)[..., objects]
         scored = mix.max(-1).values > SCORED
-        hits += int((logits.argmax(-1) == mix.argmax(-1))[scored].sum())
+        hits += int((logits[..., objects].argmax(-1) == mix.argmax(-1))[scored].sum())
         total += int(scored.sum())
+        for it, named in zip(items, named_objects(logits, objects)):
+            got, truth = {it.classes[c] for c in named}, {o.name for o in it.objects}
+            tp, fp, fn = tp + len(got & truth), fp + len(got - truth), fn + len(truth - got)
+            small_hits += sum(o.name in got for o in it.objects if o.size == "small")
+            small += sum(o.size == "small" for o in it.objects)
     model.train()
-    return {"object_accuracy": hits / max(total, 1) * 100, "cells": total}
+    precision, recall = tp / max(tp + fp, 1), tp / max(tp + fn, 1)
+    return {"object_accuracy": hits / max(total, 1) * 100, "cells": total,
+            "scene_precision": precision * 100, "scene_recall": recall * 100,
+            "scene_f1": 200 * precision * recall / max(precision + recall, 1e-9),
+            "small_recall": small_hits / max(small, 1) * 100}
 
 
 def main(cfg: TrainConfig) -> dict:
@@ -143,8 +166,8 @@ def main(cfg: TrainConfig) -> dict:
         if d.main and due(step, cfg.eval_every, cfg.steps):
             t0 = time.perf_counter()
             metrics = evaluate(model, preset, val_set, classes, objects)
-            log(step, {"val_object_accuracy": metrics["object_accuracy"], "eval_s": time.perf_counter() - t0},
-                kind="eval")
+            values = {f"val_{k}": v for k, v in metrics.items() if k != "cells"}
+            log(step, values | {"eval_s": time.perf_counter() - t0}, kind="eval")
         d.barrier()
     if d.main:
         (out / "metrics.json").write_text(json.dumps({"steps": cfg.steps, "world_size": d.world,
