@@ -72,6 +72,14 @@ def test_config_rejects_unknown_keys_and_missing_dataset_root(tmp_path):
         TrainConfig.load(bad)
     with pytest.raises(ValueError, match="name_weight must be > 0"):
         TrainConfig(task="captioner", name_weight=0.0)
+    from llmformer.train import tower
+    from llmformer.train.config import DatasetConfig
+
+    coco = DatasetConfig(kind="cocostuff", root=str(tmp_path))
+    with pytest.raises(ValueError, match="color need the synthetic scenes' objects"):
+        tower.main(TrainConfig(task="tower", dataset=coco, loss={"color": 1.0}))
+    with pytest.raises(ValueError, match="unknown terms.*colour"):
+        tower.main(TrainConfig(task="tower", loss={"colour": 1.0}))
     res = subprocess.run([sys.executable, "-m", "llmformer.train", str(tmp_path / "missing.json")], cwd=ROOT,
                          capture_output=True, text=True)
     assert res.returncode == 2 and "cannot read the training config" in res.stderr
@@ -184,12 +192,13 @@ def test_the_tower_stage_learns_cell_class_mixes_on_two_processes_and_feeds_the_
     out = tmp_path / "tower"
     run_train({"task": "tower", "preset": "demo", "out": str(out), "dataset": {"train_length": 4, "val_length": 2},
                "steps": 30, "batch_size": 2, "lr": 0.005, "warmup_steps": 2, "log_every": 1, "eval_every": 0,
-               "ckpt_every": 100, "loss": {"mix": 1.0, "objects": 1.0}}, tmp_path, 2)
+               "ckpt_every": 100, "loss": {"mix": 1.0, "objects": 1.0, "color": 0.5, "pattern": 0.5}}, tmp_path, 2)
     values = losses(out)
     assert values[-1] < 0.7 * values[0], values
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and 0 <= metrics["val"]["object_accuracy"] <= 100
-    assert all(0 <= metrics["val"][k] <= 100 for k in ("scene_precision", "scene_recall", "scene_f1", "small_recall"))
+    assert all(0 <= metrics["val"][k] <= 100 for k in ("scene_precision", "scene_recall", "scene_f1", "small_recall",
+                                                        "color_accuracy", "pattern_accuracy"))
     tower = load_component(out / "vision_tower.safetensors")
     assert json.loads((out / "config.json").read_text())["task"] == "tower" and tower.layers == (2, 3, 4)
     # A label map of two halves: each tower cell holds the mix of the classes under it.
@@ -220,6 +229,27 @@ def test_the_tower_eval_names_an_object_where_object_classes_hold_a_cell_even_wh
                           [[0.00, 0.00, 0.00, 1.00]] * 3])    # all background: names nothing
     assert PRESENT == 0.2
     assert named_objects(probs.clamp_min(1e-6).log(), objects) == [{1, 2}, set()]
+
+
+def test_the_tower_attribute_targets_are_the_colors_and_patterns_of_the_objects_drawn_in_each_cell():
+    """llmformer.train.tower.attribute_mix: per cell, the mix of the colors (patterns) of the object pixels in it,
+    read through the scene's instance map; cells without object pixels have no target (all zero)."""
+    from llmformer.data.synthetic import make_scene
+    from llmformer.train.tower import ATTRIBUTES, attribute_mix, cell_mix
+
+    scene = next(s for s in (make_scene("train", i) for i in range(50)) if len({o.color for o in s.objects}) >= 2)
+    grid = 8
+    for name in ("color", "pattern"):
+        target = attribute_mix([scene], grid, name)[0]
+        assert target.shape == (grid * grid, len(ATTRIBUTES[name]))
+        drawn = cell_mix([scene.instances], grid, len(scene.objects) + 1)[0]   # instance mix per cell (0: none)
+        has_object = drawn[:, 1:].sum(-1) > 0
+        assert torch.allclose(target.sum(-1)[has_object], torch.ones(int(has_object.sum())))
+        assert torch.all(target[~has_object] == 0)
+        for k, o in enumerate(scene.objects):                     # cells one object fills name its attribute
+            alone = drawn[:, k + 1] == 1
+            value = ATTRIBUTES[name].index(getattr(o, name))
+            assert torch.all(target[alone, value] == 1)
 
 def test_cell_mix_is_the_label_maps_class_mix_per_tower_cell():
     """The bincount version equals average pooling of the one-hot label map where the grid divides the frame,

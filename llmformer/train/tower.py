@@ -8,11 +8,14 @@ tower to recognise a shape by sight, and a captioner on such a tower names the w
 at LLaVA's feature layer (the tokens the captioner's projector reads) predicts, through a linear head used only in
 training, the class mix of its cell of the label map: soft cross-entropy over every class (`loss.mix`) plus the
 same over the object classes alone on cells that objects cover (`loss.objects`; objects = the classes that are not
-the synthetic scenes' backgrounds), since backgrounds fill most cells and are learned first. Measured on the demo
-tower (val object accuracy, chance 7%): at chance for the first ~1,500 steps x 32 scenes whatever the learning
-rate or token grid, then rising: 49 / 72 / 81 / 81% at steps 4,000 / 8,000 / 12,000 / 16,000 of the shipped
-16,000-step schedule (a 10,000-step one ended at 77%, a 4,000-step one at 52%). The targets are counted with one
-bincount per frame (`cell_mix`): the one-hot pooling it replaces cost more than the tower's own step.
+the synthetic scenes' backgrounds), since backgrounds fill most cells and are learned first. On synthetic scenes
+the same head can also predict the colour and pattern mix of the objects drawn in each cell (`loss.color`,
+`loss.pattern`, off by default): the class targets teach the tower to ignore colour, which a captioner has to say.
+Measured on the demo tower (val, 100 scenes): at chance for the first ~1,500 steps x 32 scenes whatever the
+learning rate or token grid, then rising; the shipped 16,000-step schedule on 168 px (12 x 12 tokens) ends at 84%
+object accuracy and scene F1 70 (`evaluate`), where the same schedule on 112 px (8 x 8) ended at 79% and 64, with
+42% of small objects named (56% on 168 px). The targets are counted with one bincount per frame (`cell_mix`): the
+one-hot pooling it replaces cost more than the tower's own step.
 
 Writes OUT/vision_tower.safetensors (the project's checkpoint format: what the captioner and segmenter runs take
 as `vision_tower`), OUT/train_state.safetensors (resume), OUT/log.jsonl, OUT/metrics.json (val, see `evaluate`:
@@ -31,7 +34,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from llmformer.captioner import LLAVA_FEATURE_LAYER
 from llmformer.checkpoint import save_component
-from llmformer.data.synthetic import BACKGROUND_NAMES
+from llmformer.data.synthetic import BACKGROUND_NAMES, COLORS, IGNORE, PATTERNS
 from llmformer.presets import get_preset
 from llmformer.train.common import (STATE_FILE, Dist, Logger, due, optimizer_step, prepare_run, rank_batch, resume,
                                     save_state, seed_everything, set_threads, start_tower, tower_pixels,
@@ -40,7 +43,8 @@ from llmformer.train.config import TrainConfig
 from llmformer.train.data import open_split
 from llmformer.vision_tower import VisionTower
 
-LOSS_TERMS = {"mix": 1.0, "objects": 1.0}
+LOSS_TERMS = {"mix": 1.0, "objects": 1.0, "color": 0.0, "pattern": 0.0}
+ATTRIBUTES = {"color": tuple(COLORS), "pattern": PATTERNS}   # what the color / pattern terms' targets name
 COVERED = 0.1        # a cell counts for the objects term where objects cover more than this
 SCORED = 0.3         # ... and for the val accuracy where one object covers more than this
 PRESENT = 0.2        # a val cell names an object where the object classes hold more than this of its probability
@@ -49,11 +53,11 @@ PRESENT = 0.2        # a val cell names an object where the object classes hold 
 class TowerWithPatchHead(nn.Module):
     """The tower and a linear head on its tokens at LLaVA's feature layer (CLS dropped where there is one)."""
 
-    def __init__(self, tower: VisionTower, classes: int, has_cls: bool):
+    def __init__(self, tower: VisionTower, outputs: int, has_cls: bool):
         super().__init__()
         self.tower, self.has_cls = tower, has_cls
         model = tower.model
-        self.head = nn.Linear(model.config.hidden_size, classes)
+        self.head = nn.Linear(model.config.hidden_size, outputs)
         train_tower_through(model, LLAVA_FEATURE_LAYER)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -77,19 +81,40 @@ def cell_mix(labels: list[np.ndarray], grid: int, classes: int) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
-def patch_loss(logits: torch.Tensor, mix: torch.Tensor, objects: torch.Tensor,
-               weights: dict[str, float]) -> tuple[torch.Tensor, dict[str, float]]:
-    """Soft cross-entropy against the cell mixes, over all classes and over the object classes alone."""
-    mix_term = -(mix * logits.log_softmax(-1)).sum(-1).mean()
+def attribute_mix(items: list, grid: int, attribute: str) -> torch.Tensor:
+    """(B, grid * grid, len(ATTRIBUTES[attribute])): each tower cell's mix of the colors (or patterns) of the
+    synthetic scene objects drawn in it, from the scene's instance map (rows sum to 1 over object pixels; 0 where
+    no object is drawn)."""
+    values = ATTRIBUTES[attribute]
+    maps = []
+    for it in items:
+        lut = np.array([IGNORE] + [values.index(getattr(o, attribute)) for o in it.objects], np.uint8)
+        maps.append(lut[it.instances])
+    return cell_mix(maps, grid, len(values))
+
+
+def patch_loss(logits: torch.Tensor, mix: torch.Tensor, objects: torch.Tensor, weights: dict[str, float],
+               attributes: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """Soft cross-entropy against the cell mixes, over all classes and over the object classes alone; with
+    `attributes` ({"color": (B, cells, colors), ...} from attribute_mix), the same against each attribute's mix on
+    the cells objects cover, read from the head's outputs after the classes' (in ATTRIBUTES order)."""
+    classes = mix.shape[-1]
+    mix_term = -(mix * logits[..., :classes].log_softmax(-1)).sum(-1).mean()
     covered = mix[..., objects].sum(-1)
     keep = covered > COVERED
+    terms = {"mix": mix_term}
     if keep.any():
         target = mix[..., objects][keep] / covered[keep, None]
-        obj_term = -(target * logits[..., objects][keep].log_softmax(-1)).sum(-1).mean()
+        terms["objects"] = -(target * logits[..., :classes][..., objects][keep].log_softmax(-1)).sum(-1).mean()
     else:
-        obj_term = logits.sum() * 0.0
-    loss = weights["mix"] * mix_term + weights["objects"] * obj_term
-    return loss, {"mix": float(mix_term.detach()), "objects": float(obj_term.detach())}
+        terms["objects"] = logits.sum() * 0.0
+    at = classes
+    for name, target in (attributes or {}).items():
+        part = logits[..., at:at + target.shape[-1]]
+        at += target.shape[-1]
+        terms[name] = -(target[keep] * part[keep].log_softmax(-1)).sum(-1).mean() if keep.any() else logits.sum() * 0.0
+    loss = sum(weights[k] * v for k, v in terms.items())
+    return loss, {k: float(v.detach()) for k, v in terms.items()}
 
 
 def named_objects(logits: torch.Tensor, objects: torch.Tensor) -> list[set[int]]:
@@ -102,32 +127,45 @@ def named_objects(logits: torch.Tensor, objects: torch.Tensor) -> list[set[int]]
 
 
 @torch.no_grad()
-def evaluate(model: TowerWithPatchHead, preset, scenes, classes: int, objects: torch.Tensor) -> dict[str, float]:
-    """Two views of what the tower's tokens tell apart, on the val scenes:
+def evaluate(model: TowerWithPatchHead, preset, scenes, classes: int, objects: torch.Tensor,
+             attributes: tuple[str, ...] = ()) -> dict[str, float]:
+    """What the tower's tokens tell apart, on the val scenes:
     - object accuracy on the cells one object class covers over SCORED (argmax over the object classes);
     - which objects a scene holds, read off the head alone (`named_objects`): scene precision / recall / F1 of
-      those names against the scene's objects, and the recall of small objects apart. Comparable across token
-      grids, and near the ceiling of a captioner that reads these tokens (benchmarks/README.md, issue 15)."""
+      those names against the object classes in the label map, and the recall of the synthetic scenes' small
+      objects apart. Comparable across token grids, and near the ceiling of a captioner that reads these tokens
+      (benchmarks/README.md, issue 15);
+    - for each trained attribute ("color", "pattern"), its accuracy on the cells objects cover over SCORED."""
     model.eval()
     hits = total = tp = fp = fn = small_hits = small = 0
+    attr_hits, attr_total = dict.fromkeys(attributes, 0), dict.fromkeys(attributes, 0)
+    grid = preset.vision_tower.grid
     for i in range(0, len(scenes), 16):
         items = [scenes[j] for j in range(i, min(i + 16, len(scenes)))]
         logits = model(tower_pixels([it.image for it in items], preset))
-        mix = cell_mix([it.labels for it in items], preset.vision_tower.grid, classes)[..., objects]
+        mix = cell_mix([it.labels for it in items], grid, classes)[..., objects]
         scored = mix.max(-1).values > SCORED
-        hits += int((logits[..., objects].argmax(-1) == mix.argmax(-1))[scored].sum())
+        hits += int((logits[..., :classes][..., objects].argmax(-1) == mix.argmax(-1))[scored].sum())
         total += int(scored.sum())
-        for it, named in zip(items, named_objects(logits, objects)):
-            got, truth = {it.classes[c] for c in named}, {o.name for o in it.objects}
+        at, covered = classes, mix.sum(-1) > SCORED
+        for name in attributes:
+            target = attribute_mix(items, grid, name)
+            part = logits[..., at:at + target.shape[-1]]
+            at += target.shape[-1]
+            attr_hits[name] += int((part.argmax(-1) == target.argmax(-1))[covered].sum())
+            attr_total[name] += int(covered.sum())
+        for it, got in zip(items, named_objects(logits[..., :classes], objects)):
+            truth = {int(c) for c in np.unique(it.labels) if c < classes and objects[c]}
             tp, fp, fn = tp + len(got & truth), fp + len(got - truth), fn + len(truth - got)
-            small_hits += sum(o.name in got for o in it.objects if o.size == "small")
-            small += sum(o.size == "small" for o in it.objects)
+            small_ids = [it.classes.index(o.name) for o in getattr(it, "objects", ()) if o.size == "small"]
+            small_hits, small = small_hits + sum(c in got for c in small_ids), small + len(small_ids)
     model.train()
     precision, recall = tp / max(tp + fp, 1), tp / max(tp + fn, 1)
-    return {"object_accuracy": hits / max(total, 1) * 100, "cells": total,
-            "scene_precision": precision * 100, "scene_recall": recall * 100,
-            "scene_f1": 200 * precision * recall / max(precision + recall, 1e-9),
-            "small_recall": small_hits / max(small, 1) * 100}
+    metrics = {"object_accuracy": hits / max(total, 1) * 100, "cells": total,
+               "scene_precision": precision * 100, "scene_recall": recall * 100,
+               "scene_f1": 200 * precision * recall / max(precision + recall, 1e-9)}
+    metrics |= {f"{name}_accuracy": attr_hits[name] / max(attr_total[name], 1) * 100 for name in attributes}
+    return metrics | ({"small_recall": small_hits / small * 100} if small else {})
 
 
 def main(cfg: TrainConfig) -> dict:
@@ -135,6 +173,10 @@ def main(cfg: TrainConfig) -> dict:
     if unknown:
         raise ValueError(f"loss: unknown terms {sorted(unknown)} for the tower task; known: {sorted(LOSS_TERMS)}")
     weights = {**LOSS_TERMS, **cfg.loss}
+    attributes = tuple(name for name in ATTRIBUTES if weights[name] > 0)
+    if attributes and cfg.dataset.kind != "synthetic":
+        raise ValueError(f"loss: {', '.join(attributes)} need the synthetic scenes' objects (dataset.kind "
+                         f"\"synthetic\"), not {cfg.dataset.kind!r}: set them to 0")
     d = Dist()
     set_threads(cfg.threads)
     seed_everything(cfg.seed)
@@ -144,7 +186,8 @@ def main(cfg: TrainConfig) -> dict:
     classes = len(train_set.classes)
     objects = torch.tensor([c not in BACKGROUND_NAMES for c in train_set.classes])
     tower = start_tower(cfg, preset)
-    model = TowerWithPatchHead(tower, classes, preset.vision_tower.has_cls).train().to(d.device)
+    outputs = classes + sum(len(ATTRIBUTES[name]) for name in attributes)
+    model = TowerWithPatchHead(tower, outputs, preset.vision_tower.has_cls).train().to(d.device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     start, state_path = resume(out, model, optimizer, d), out / STATE_FILE
@@ -155,8 +198,10 @@ def main(cfg: TrainConfig) -> dict:
     for step in range(start, cfg.steps):
         items = rank_batch(train_set, step, cfg.batch_size, d)
         pixels = tower_pixels([it.image for it in items], preset)
-        mix = cell_mix([it.labels for it in items], preset.vision_tower.grid, classes).to(d.device)
-        loss, parts = patch_loss(ddp(pixels.to(d.device)), mix, objects.to(d.device), weights)
+        grid = preset.vision_tower.grid
+        mix = cell_mix([it.labels for it in items], grid, classes).to(d.device)
+        targets = {name: attribute_mix(items, grid, name).to(d.device) for name in attributes}
+        loss, parts = patch_loss(ddp(pixels.to(d.device)), mix, objects.to(d.device), weights, targets)
         optimizer_step(optimizer, params, loss, step, cfg)
         if (step + 1) % cfg.log_every == 0 or step == start:
             log(step, d.mean({"loss": float(loss.detach()), **parts}) | {"lr": optimizer.param_groups[0]["lr"]})
@@ -165,7 +210,7 @@ def main(cfg: TrainConfig) -> dict:
             save_component(tower, out / "vision_tower.safetensors")
         if d.main and due(step, cfg.eval_every, cfg.steps):
             t0 = time.perf_counter()
-            metrics = evaluate(model, preset, val_set, classes, objects)
+            metrics = evaluate(model, preset, val_set, classes, objects, attributes)
             values = {f"val_{k}": v for k, v in metrics.items() if k != "cells"}
             log(step, values | {"eval_s": time.perf_counter() - t0}, kind="eval")
         d.barrier()
