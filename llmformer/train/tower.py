@@ -94,26 +94,31 @@ def attribute_mix(items: list, grid: int, attribute: str) -> torch.Tensor:
     return cell_mix(maps, grid, len(values))
 
 
+def split_head(logits: torch.Tensor, classes: int, attributes: tuple[str, ...] = ()
+               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The head's outputs: the class logits first, then each trained attribute's (in ATTRIBUTES order)."""
+    sizes = [classes] + [len(ATTRIBUTES[name]) for name in attributes]
+    first, *rest = logits.split(sizes, dim=-1)
+    return first, dict(zip(attributes, rest))
+
+
 def patch_loss(logits: torch.Tensor, mix: torch.Tensor, objects: torch.Tensor, weights: dict[str, float],
-               attributes: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-    """Soft cross-entropy against the cell mixes, over all classes and over the object classes alone; with
-    `attributes` ({"color": (B, cells, colors), ...} from attribute_mix), the same against each attribute's mix on
-    the cells objects cover, read from the head's outputs after the classes' (in ATTRIBUTES order)."""
-    classes = mix.shape[-1]
-    mix_term = -(mix * logits[..., :classes].log_softmax(-1)).sum(-1).mean()
+               attributes: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
+               ) -> tuple[torch.Tensor, dict[str, float]]:
+    """Soft cross-entropy of the class logits against the cell mixes, over all classes and over the object classes
+    alone; for each of `attributes` ({"color": (its logits, its attribute_mix targets), ...}) the same on the cells
+    objects cover."""
+    mix_term = -(mix * logits.log_softmax(-1)).sum(-1).mean()
     covered = mix[..., objects].sum(-1)
     keep = covered > COVERED
     terms = {"mix": mix_term}
     if keep.any():
         target = mix[..., objects][keep] / covered[keep, None]
-        terms["objects"] = -(target * logits[..., :classes][..., objects][keep].log_softmax(-1)).sum(-1).mean()
-    else:
-        terms["objects"] = logits.sum() * 0.0
-    at = classes
-    for name, target in (attributes or {}).items():
-        part = logits[..., at:at + target.shape[-1]]
-        at += target.shape[-1]
-        terms[name] = -(target[keep] * part[keep].log_softmax(-1)).sum(-1).mean() if keep.any() else logits.sum() * 0.0
+        terms["objects"] = -(target * logits[..., objects][keep].log_softmax(-1)).sum(-1).mean()
+    for name, (part, target) in (attributes or {}).items():
+        terms[name] = -(target[keep] * part[keep].log_softmax(-1)).sum(-1).mean()
+    if not keep.any():                  # no object in the batch: the object terms count for nothing
+        terms |= {name: logits.sum() * 0.0 for name in ["objects", *(attributes or {})]}
     loss = sum(weights[k] * v for k, v in terms.items())
     return loss, {k: float(v.detach()) for k, v in terms.items()}
 
@@ -143,19 +148,17 @@ def evaluate(model: TowerWithPatchHead, preset, scenes, classes: int, objects: t
     grid = preset.vision_tower.grid
     for i in range(0, len(scenes), 16):
         items = [scenes[j] for j in range(i, min(i + 16, len(scenes)))]
-        logits = model(tower_pixels([it.image for it in items], preset))
+        logits, parts = split_head(model(tower_pixels([it.image for it in items], preset)), classes, attributes)
         mix = cell_mix([it.labels for it in items], grid, classes)[..., objects]
         scored = mix.max(-1).values > SCORED
-        hits += int((logits[..., :classes][..., objects].argmax(-1) == mix.argmax(-1))[scored].sum())
+        hits += int((logits[..., objects].argmax(-1) == mix.argmax(-1))[scored].sum())
         total += int(scored.sum())
-        at, covered = classes, mix.sum(-1) > SCORED
-        for name in attributes:
+        covered = mix.sum(-1) > SCORED
+        for name, part in parts.items():
             target = attribute_mix(items, grid, name)
-            part = logits[..., at:at + target.shape[-1]]
-            at += target.shape[-1]
             attr_hits[name] += int((part.argmax(-1) == target.argmax(-1))[covered].sum())
             attr_total[name] += int(covered.sum())
-        for it, got in zip(items, named_objects(logits[..., :classes], objects)):
+        for it, got in zip(items, named_objects(logits, objects)):
             truth = {int(c) for c in np.unique(it.labels) if c < classes and objects[c]}
             tp, fp, fn = tp + len(got & truth), fp + len(got - truth), fn + len(truth - got)
             small_ids = [it.classes.index(o.name) for o in getattr(it, "objects", ()) if o.size == "small"]
@@ -201,8 +204,9 @@ def main(cfg: TrainConfig) -> dict:
         pixels = tower_pixels([it.image for it in items], preset)
         grid = preset.vision_tower.grid
         mix = cell_mix([it.labels for it in items], grid, classes).to(d.device)
-        targets = {name: attribute_mix(items, grid, name).to(d.device) for name in attributes}
-        loss, parts = patch_loss(ddp(pixels.to(d.device)), mix, objects.to(d.device), weights, targets)
+        logits, heads = split_head(ddp(pixels.to(d.device)), classes, attributes)
+        targets = {name: (heads[name], attribute_mix(items, grid, name).to(d.device)) for name in attributes}
+        loss, parts = patch_loss(logits, mix, objects.to(d.device), weights, targets)
         optimizer_step(optimizer, params, loss, step, cfg)
         if (step + 1) % cfg.log_every == 0 or step == start:
             log(step, d.mean({"loss": float(loss.detach()), **parts}) | {"lr": optimizer.param_groups[0]["lr"]})
