@@ -69,8 +69,9 @@ def test_onnxruntime_and_torch_agree_on_the_demo_preset(demo_artifacts):
         b = torch_rt.segment(frame, vocabulary=VOCAB, caption=CAPTION)
         assert a.labels.shape == frame.shape[:2] and a.labels.dtype == np.int32
         assert a.classes == b.classes == VOCAB
-        np.testing.assert_allclose(a.mask_logits, b.mask_logits, atol=1e-4)
-        np.testing.assert_allclose(a.class_logits, b.class_logits, atol=1e-4)
+        # float32 through two runtimes: mask logits reach -40, where 1e-4 is a few ulps of accumulated rounding
+        np.testing.assert_allclose(a.mask_logits, b.mask_logits, rtol=1e-5, atol=1e-4)
+        np.testing.assert_allclose(a.class_logits, b.class_logits, rtol=1e-5, atol=1e-4)
         assert np.array_equal(a.labels, b.labels)
         assert set(a.timings) >= {"preprocess", "vision", "parse", "text", "segment", "postprocess", "total"}
 
