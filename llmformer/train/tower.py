@@ -44,8 +44,8 @@ from llmformer.train.config import TrainConfig
 from llmformer.train.data import open_split
 from llmformer.vision_tower import VisionTower
 
-LOSS_TERMS = {"mix": 1.0, "objects": 1.0, "color": 0.0, "pattern": 0.0}
 ATTRIBUTES = {"color": tuple(COLORS), "pattern": PATTERNS}   # what the color / pattern terms' targets name
+LOSS_TERMS = {"mix": 1.0, "objects": 1.0, **dict.fromkeys(ATTRIBUTES, 0.0)}
 COVERED = 0.1        # a cell counts for the objects term where objects cover more than this
 SCORED = 0.3         # ... and for the val accuracy where one object covers more than this
 PRESENT = 0.2        # a val cell names an object where the object classes hold more than this of its probability
@@ -112,13 +112,13 @@ def patch_loss(logits: torch.Tensor, mix: torch.Tensor, objects: torch.Tensor, w
     covered = mix[..., objects].sum(-1)
     keep = covered > COVERED
     terms = {"mix": mix_term}
-    if keep.any():
-        target = mix[..., objects][keep] / covered[keep, None]
-        terms["objects"] = -(target * logits[..., objects][keep].log_softmax(-1)).sum(-1).mean()
-    for name, (part, target) in (attributes or {}).items():
-        terms[name] = -(target[keep] * part[keep].log_softmax(-1)).sum(-1).mean()
     if not keep.any():                  # no object in the batch: the object terms count for nothing
         terms |= {name: logits.sum() * 0.0 for name in ["objects", *(attributes or {})]}
+    else:
+        target = mix[..., objects][keep] / covered[keep, None]
+        terms["objects"] = -(target * logits[..., objects][keep].log_softmax(-1)).sum(-1).mean()
+        for name, (part, target) in (attributes or {}).items():
+            terms[name] = -(target[keep] * part[keep].log_softmax(-1)).sum(-1).mean()
     loss = sum(weights[k] * v for k, v in terms.items())
     return loss, {k: float(v.detach()) for k, v in terms.items()}
 
@@ -199,10 +199,10 @@ def main(cfg: TrainConfig) -> dict:
     log = Logger(out, cfg, d.main, start)
     val_set = open_split(cfg.dataset, "val", preset.segmenter.frame_size) if d.main else None
     metrics: dict = {}
+    grid = preset.vision_tower.grid
     for step in range(start, cfg.steps):
         items = rank_batch(train_set, step, cfg.batch_size, d)
         pixels = tower_pixels([it.image for it in items], preset)
-        grid = preset.vision_tower.grid
         mix = cell_mix([it.labels for it in items], grid, classes).to(d.device)
         logits, heads = split_head(ddp(pixels.to(d.device)), classes, attributes)
         targets = {name: (heads[name], attribute_mix(items, grid, name).to(d.device)) for name in attributes}
