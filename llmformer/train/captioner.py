@@ -35,9 +35,9 @@ from runtime.decode import PromptFormat
 from runtime.evaluate import object_f1
 from runtime.nlp import load_nlp
 from runtime.priors import parse
-from llmformer.train.common import (STATE_FILE, Dist, Logger, due, optimizer_step, prepare_run, rank_batch, resume,
-                                    save_state, seed_everything, set_threads, start_tower, tower_pixels,
-                                    train_tower_through)
+from llmformer.train.common import (STATE_FILE, Dist, Logger, due, fused_attention, optimizer_step, prepare_run,
+                                    rank_batch, resume, save_state, seed_everything, set_threads, start_tower,
+                                    tower_pixels, train_tower_through)
 from llmformer.train.config import TrainConfig
 from llmformer.train.data import open_split
 
@@ -102,6 +102,7 @@ def build(cfg: TrainConfig, train_set):
     llava = build_random_llava(preset.vision_tower, text, tokenizer, seed=cfg.seed)
     if cfg.vision_tower:
         llava.model.vision_tower.load_state_dict(start_tower(cfg, preset).model.state_dict(), strict=True)
+    fused_attention(llava.model.vision_tower)      # the Phi LM gains nothing from it here (measured): left eager
     train_tower_through(llava.model.vision_tower, llava.config.vision_feature_layer, cfg.train_tower)
     return preset, llava, tokenizer
 
