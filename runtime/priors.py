@@ -277,7 +277,17 @@ class _Builder:
             return False                          # names and typos are not segmentable classes
         if tok.dep_ == "conj" and tok.head.pos_ == "ADJ":
             return False                          # an adjective mis-tagged as a noun ("warm and inviting")
+        if self._colour_of_next(tok):
+            return False
         return True
+
+    @staticmethod
+    def _colour_of_next(tok) -> bool:
+        """A colour word that spaCy hangs on the noun right after it as a subject or object, not a modifier: in
+        "A large checkered purple cross below a large checkered purple cross" it reads "purple" as the subject of
+        "cross". It is that noun's colour (its own modifiers are the noun's too: see _mention)."""
+        return (tok.lower_ in COLORS and tok.head.i == tok.i + 1 and tok.head.pos_ in ("NOUN", "PROPN")
+                and tok.dep_ not in ("amod", "compound", "nmod", "conj"))
 
     @staticmethod
     def _in_hyphen_group(tok) -> bool:
@@ -379,6 +389,8 @@ class _Builder:
         # on "school", but it describes the bus.
         modifiers = [c for c in tok.children if c.i < tok.i]
         modifiers += [c for k in name_ids for c in doc[k].children if c.dep_ in ("amod", "nummod") and c.i < k]
+        colours = [c for c in modifiers if self._colour_of_next(c)]
+        modifiers += [g for c in colours for g in c.children if g.i < c.i]
         attributes: list[str] = []
         count = None
         shade = None
@@ -394,7 +406,8 @@ class _Builder:
             if f"{low} {head}" in KNOWN_COMPOUNDS and c.i == tok.i - 1:
                 name_ids.add(c.i)                      # "hot dog", "remote control"
                 continue
-            if c.dep_ not in ("amod", "compound", "nmod", "npadvmod") and not (c.dep_ == "advmod" and c.pos_ == "ADJ"):
+            if (c.dep_ not in ("amod", "compound", "nmod", "npadvmod") and not (c.dep_ == "advmod" and c.pos_ == "ADJ")
+                    and c not in colours):
                 continue
             words = self._attribute_words(c)
             # "dark blue umbrella": spaCy often makes both words modifiers of the noun; one attribute.
@@ -408,7 +421,7 @@ class _Builder:
         name = " ".join([doc[i].lower_ for i in sorted(name_ids) if i < start] + [head])
         end_tok = phrase_head if phrase_head is not None else tok
         keep = (name_ids | {tok.i, end_tok.i} | {t.i for c in modifiers if c.dep_ in ("amod", "nummod", "compound")
-                                          for t in c.subtree if t.i < end_tok.i})
+                                          or c in colours for t in c.subtree if t.i < end_tok.i})
         lo = max(min(keep), end_tok.i - 8)            # the phrase is for display: keep it short
         phrase = " ".join(t.text for t in doc[lo:end_tok.i + 1] if t.i in keep or t.text == "-").replace(" - ", "-")
         return _Mention(tok, name, phrase, attributes, count)

@@ -152,6 +152,15 @@ def test_colors_and_materials_are_attributes_not_names(nlp):
     assert couch["fridge"].attributes == ["stainless steel"]
 
 
+def test_colour_parsed_as_the_subject_of_the_next_noun_is_its_attribute(nlp):
+    # spaCy reads "purple" as the subject of "cross" here (seen in the demo's own captions): one cross, purple.
+    p = parse("A large checkered purple cross below a large checkered purple cross, on a wooden floor.", nlp)
+    assert p.names == ["cross", "floor"]
+    assert p.objects[0].phrase == "A large checkered purple cross"
+    assert {"large", "checkered", "purple"} <= set(p.objects[0].attributes)
+    assert parse("The purple is bright.", nlp).names == ["purple"]      # a colour on its own is still a noun
+
+
 def test_predicative_adjective_becomes_attribute(nlp):
     assert objects_by_name(parse("The car is red.", nlp))["car"].attributes == ["red"]
     assert objects_by_name(parse("The dog appears to be relaxed.", nlp))["dog"].attributes == ["relaxed"]
