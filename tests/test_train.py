@@ -251,6 +251,27 @@ def test_the_tower_attribute_targets_are_the_colors_and_patterns_of_the_objects_
             value = ATTRIBUTES[name].index(getattr(o, name))
             assert torch.all(target[alone, value] == 1)
 
+def test_training_towers_use_fused_attention_with_the_same_features_and_save_eager(tmp_path):
+    """start_tower switches the tower to sdpa for training; its features equal the eager tower's and what it saves
+    loads eager again (the attention ONNX export needs)."""
+    from llmformer.checkpoint import load_component, save_component
+    from llmformer.presets import get_preset
+    from llmformer.train.common import start_tower
+
+    preset = get_preset("demo")
+    tower = start_tower(TrainConfig(task="tower", preset="demo"), preset)
+    assert tower.model.config._attn_implementation == "sdpa"
+    save_component(tower, tmp_path / "vision_tower.safetensors")
+    eager = load_component(tmp_path / "vision_tower.safetensors")
+    assert eager.model.config._attn_implementation == "eager"
+    pixels = torch.randn(2, 3, preset.vision_tower.image_size, preset.vision_tower.image_size)
+    with torch.no_grad():
+        fused = tower.model(pixel_values=pixels, output_hidden_states=True).hidden_states
+        plain = eager.model(pixel_values=pixels, output_hidden_states=True).hidden_states
+    for a, b in zip(fused, plain):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
 def test_cell_mix_is_the_label_maps_class_mix_per_tower_cell():
     """The bincount version equals average pooling of the one-hot label map where the grid divides the frame,
     and on any grid every labelled pixel counts in exactly one cell."""
