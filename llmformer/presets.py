@@ -138,9 +138,9 @@ def _segmenter_for(tower: VisionTowerConfig, text: TextEncoderConfig, **kw: Any)
 
 
 def demo() -> Preset:
-    """Tiny: a 4-block ViT on 168 px (12 x 12 tokens) and a 64-d segmenter on 256 px; the real MiniLM text encoder."""
-    tower = VisionTowerConfig(image_size=168, patch_size=14, hidden_size=64, num_layers=4, num_heads=4,
-                              intermediate_size=128, feature_layers=(2, 3, 4))
+    """Tiny: a 4-block, 96-d ViT on 168 px (12 x 12 tokens) and a 64-d segmenter on 256 px; the real MiniLM text encoder."""
+    tower = VisionTowerConfig(image_size=168, patch_size=14, hidden_size=96, num_layers=4, num_heads=4,
+                              intermediate_size=192, feature_layers=(2, 3, 4))
     text = TextEncoderConfig()
     seg = _segmenter_for(tower, text, frame_size=256, dim=64, stem_channels=16, heads=4, points=4,
                          adapter_ffn=128, encoder_layers=2, encoder_ffn=128, mask_stride=4, queries=16,

@@ -13,10 +13,11 @@ the same head can also predict the colour and pattern mix of the objects drawn i
 `loss.pattern`, off by default): the class targets teach the tower to ignore colour, which a captioner has to say.
 Measured (benchmarks/README.md): the captioner then gets colours right far more often, its object F1 does not rise.
 On the demo tower (val, 100 scenes) the head is at chance for the first ~1,500 steps x 32 scenes whatever the
-learning rate or token grid, then rising; the shipped 24,000-step schedule on 168 px (12 x 12 tokens) ends at 87%
-object accuracy, scene F1 75 and 70% of small objects named (`evaluate`), where 16,000 steps ended at 84%, 70 and 56%
-(on 112 px: 79%, 64 and 42%). The targets are counted with one bincount per frame (`cell_mix`): the
-one-hot pooling it replaces cost more than the tower's own step.
+learning rate or token grid, then rising; the shipped schedule, 20,000 steps of the 96-d tower on 168 px (12 x 12
+tokens), ends at 90% object accuracy, scene F1 78 and 65% of small objects named (`evaluate`), where 24,000 steps of
+the 64-d tower (in 14% less time) ended at 87%, 75 and 70%, and 16,000 at 84%, 70 and 56% (on 112 px: 79%, 64, 42%).
+The targets are counted with one bincount per frame (`cell_mix`): the one-hot pooling it replaces cost more than the
+tower's own step.
 
 Writes OUT/vision_tower.safetensors (the project's checkpoint format: what the captioner and segmenter runs take
 as `vision_tower`), OUT/train_state.safetensors (resume), OUT/log.jsonl, OUT/metrics.json (val, see `evaluate`:
