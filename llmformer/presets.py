@@ -138,7 +138,8 @@ def _segmenter_for(tower: VisionTowerConfig, text: TextEncoderConfig, **kw: Any)
 
 
 def demo() -> Preset:
-    """Tiny: a 4-block, 96-d ViT on 168 px (12 x 12 tokens) and a 64-d segmenter on 256 px; the real MiniLM text encoder."""
+    """Tiny: a 4-block, 96-d ViT on 168 px (12 x 12 tokens) and a 64-d segmenter on 256 px; the real MiniLM text
+    encoder."""
     tower = VisionTowerConfig(image_size=168, patch_size=14, hidden_size=96, num_layers=4, num_heads=4,
                               intermediate_size=192, feature_layers=(2, 3, 4))
     text = TextEncoderConfig()
