@@ -251,6 +251,7 @@ def test_the_tower_attribute_targets_are_the_colors_and_patterns_of_the_objects_
             value = ATTRIBUTES[name].index(getattr(o, name))
             assert torch.all(target[alone, value] == 1)
 
+
 def test_training_towers_use_fused_attention_with_the_same_features_and_save_eager(tmp_path):
     """start_tower switches the tower to sdpa for training; its features equal the eager tower's and what it saves
     loads eager again (the attention ONNX export needs)."""
