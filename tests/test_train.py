@@ -312,6 +312,31 @@ def test_prior_noise_withholds_captions_and_renames_objects_only():
         TrainConfig(task="segmenter", caption_dropout=1.5)
 
 
+def test_prior_noise_leaves_objects_out_with_their_relations():
+    from runtime.priors import Priors, PriorObject, Relation
+    from llmformer.train.text import PriorNoise
+
+    names = ["circle", "star", "heart"]
+    priors = Priors("a red star on a circle, above a heart, on grass",
+                    [PriorObject("star", "red star", ["red"]), PriorObject("circle", "circle"),
+                     PriorObject("heart", "heart"), PriorObject("grass", "grass")],
+                    [Relation(0, "on", 1), Relation(2, "above", 0), Relation(0, "on", 3)])
+    assert PriorNoise(0.0, 0.0, names, np.random.default_rng(0), drop=1.0)(priors).names == ["grass"]
+    noise = PriorNoise(0.0, 0.0, names, np.random.default_rng(0), drop=0.5)
+    seen = set()
+    for _ in range(200):
+        out = noise(priors)
+        seen.add(tuple(out.names))
+        index = {n: i for i, n in enumerate(out.names)}
+        expected = [(s, p, o) for s, p, o in priors.triples if s in index and o in index]
+        assert out.triples == expected and out.names[-1] == "grass"
+    assert len(seen) == 8 and priors.names == ["star", "circle", "heart", "grass"]   # every subset; input untouched
+    left = sum(len(noise(priors).objects) for _ in range(400))
+    assert 400 * 2.5 - 120 < left < 400 * 2.5 + 120     # 1 + 3 * (1 - 0.5) objects on average
+    with pytest.raises(ValueError, match="prior_drop is a probability"):
+        TrainConfig(task="segmenter", prior_drop=-0.1)
+
+
 def test_caption_loss_weights_the_tokens_that_spell_class_names():
     """Every token of a class name or its plural carries name_weight, the rest 1 and padding 0; with every
     weight 1 the loss is transformers' own LLaVA loss."""

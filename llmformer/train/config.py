@@ -57,6 +57,7 @@ class TrainConfig:
     loss: dict[str, float] = field(default_factory=dict)  # segmenter: train.losses.LossWeights; tower: mix, objects
     caption_dropout: float = 0.0     # segmenter: fraction of scenes trained without a caption (null priors)
     prior_swap: float = 0.0          # segmenter: chance that each caption object is renamed to another class
+    prior_drop: float = 0.0          # segmenter: chance that each caption object is left out (a kind not named)
     # captioner
     captioner_text: dict[str, Any] = field(default_factory=dict)        # PhiConfig overrides of the tiny LM
     tokenizer_vocab: int = 512
@@ -73,7 +74,7 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.name_weight <= 0:
             raise ValueError(f"name_weight must be > 0, got {self.name_weight}")
-        for name in ("caption_dropout", "prior_swap"):
+        for name in ("caption_dropout", "prior_swap", "prior_drop"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} is a probability in [0, 1], got {getattr(self, name)}")
 

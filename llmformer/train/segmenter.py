@@ -109,10 +109,10 @@ def main(cfg: TrainConfig) -> dict:
     ddp = DistributedDataParallel(model, find_unused_parameters=ablated) if d.world > 1 else model
     log = Logger(out, cfg, d.main, start)
     noise = None
-    if cfg.caption_dropout or cfg.prior_swap:   # its own stream, so the noise does not shift the scenes' draws
+    if cfg.caption_dropout or cfg.prior_swap or cfg.prior_drop:   # its own stream: the scenes' draws stay put
         objects = [c for c in classes if c not in BACKGROUND_NAMES]
         noise = PriorNoise(cfg.caption_dropout, cfg.prior_swap, objects,
-                           np.random.default_rng([cfg.seed, d.rank, start]))
+                           np.random.default_rng([cfg.seed, d.rank, start]), drop=cfg.prior_drop)
     mask_size = (preset.segmenter.frame_size // preset.segmenter.mask_stride,) * 2
     global_batch = cfg.batch_size * d.world
     metrics: dict = {}
