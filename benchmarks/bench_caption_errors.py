@@ -4,9 +4,9 @@ vocabulary-given mIoU with the priors edited after parsing, so each kind of mist
     python benchmarks/bench_caption_errors.py BUILD --data SCENE_FOLDER [SCENE_FOLDER ...] [--json OUT]
 
 Captions are compared as sets of kinds (names parsed by the runtime's parser; the background counts as a kind):
-precision, recall, the share of true kinds not named at all, the share named as another kind (a missed kind paired
-with a name that is not in the scene, in order of mention) and names of nothing. mIoU rows, the split's class names
-as the vocabulary (runtime/evaluate.py's given/* settings):
+precision, recall, the share of true kinds not named at all, the share named as another kind (as many of the missed
+kinds as the caption has names that are not in the scene) and names of nothing (the names left over). mIoU rows, the
+split's class names as the vocabulary (runtime/evaluate.py's given/* settings):
   true             the scene's caption (given/gt)
   none             no caption (given/none)
   model            the build's caption (given/model)
@@ -17,7 +17,6 @@ as the vocabulary (runtime/evaluate.py's given/* settings):
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -28,15 +27,6 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.common import machine  # noqa: E402
 
 ROWS = ("true", "none", "model", "model, right", "true, named")
-
-
-def keep(priors, names: set[str]):
-    """`priors` with only the objects named in `names`, relations re-indexed (those to a removed object gone)."""
-    index = {i: n for n, i in enumerate(i for i, o in enumerate(priors.objects) if o.name in names)}
-    return dataclasses.replace(
-        priors, objects=[o for o in priors.objects if o.name in names],
-        relations=[dataclasses.replace(r, subject=index[r.subject], object=index[r.object])
-                   for r in priors.relations if r.subject in index and r.object in index])
 
 
 def evaluate(rt, data) -> dict:
@@ -58,7 +48,8 @@ def evaluate(rt, data) -> dict:
         renamed += min(len(lost), len(extra))
         missed += max(len(lost) - len(extra), 0)
         priors = {"true": true, "none": Priors(caption=""), "model": model,
-                  "model, right": keep(model, set(t_names)), "true, named": keep(true, set(m_names))}
+                  "model, right": model.select([k for k, n in enumerate(model.names) if n in t_names]),
+                  "true, named": true.select([k for k, n in enumerate(true.names) if n in m_names])}
         for row, p in priors.items():
             conf[row].add(rt.decode(image, rt.embed(p, classes)).labels, scene.labels)
     pct = lambda a, b: round(100.0 * a / max(b, 1), 1)   # noqa: E731

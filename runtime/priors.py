@@ -24,7 +24,7 @@ import re
 import threading
 import unicodedata
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -81,6 +81,14 @@ class Priors:
 
     def __len__(self) -> int:
         return len(self.objects)
+
+    def select(self, keep: Sequence[int]) -> Priors:
+        """These priors with only the objects at indices `keep` (in their order), the relations among them
+        re-indexed and those to any other object dropped; the caption stays. What an edited caption parses to."""
+        index = {old: new for new, old in enumerate(keep)}
+        relations = [dataclasses.replace(r, subject=index[r.subject], object=index[r.object])
+                     for r in self.relations if r.subject in index and r.object in index]
+        return dataclasses.replace(self, objects=[self.objects[i] for i in keep], relations=relations)
 
     def relation_graph(self) -> np.ndarray:
         """(K, K) float32 adjacency R, K = len(objects): R[i, i] = 1 (each object relates to itself, the

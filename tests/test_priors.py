@@ -376,3 +376,17 @@ def test_runtime_modules_import_and_parse_without_torch():
             "assert p.triples == [('dog', 'on', 'couch')], p.triples\n")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+
+
+def test_select_keeps_objects_and_the_relations_among_them():
+    priors = Priors("a red star on a circle, above a heart, on grass",
+                    [PriorObject("star", "red star", ["red"]), PriorObject("circle", "circle"),
+                     PriorObject("heart", "heart"), PriorObject("grass", "grass")],
+                    [Relation(0, "on", 1), Relation(2, "above", 0), Relation(0, "on", 3)])
+    out = priors.select([0, 2, 3])
+    assert out.names == ["star", "heart", "grass"] and out.caption == priors.caption
+    assert out.triples == [("heart", "above", "star"), ("star", "on", "grass")]
+    assert out.relations == [Relation(1, "above", 0), Relation(0, "on", 2)]
+    assert priors.select([]).objects == [] and priors.select([]).relations == []
+    assert priors.select(range(4)) == priors and len(priors) == 4      # the input is left alone
+

@@ -33,20 +33,16 @@ class PriorNoise:
     def __call__(self, priors: Priors) -> Priors:
         if self.rng.random() < self.dropout:
             return Priors(caption="")
-        kept: dict[int, int] = {}       # old object index -> new
-        objects = []
-        for i, o in enumerate(priors.objects):
+        objects, keep = list(priors.objects), []
+        for i, o in enumerate(objects):
             if o.name in self.names:
                 if self.drop and self.rng.random() < self.drop:   # no draw at 0: the same stream as before
                     continue
                 if self.rng.random() < self.swap:
                     others = [n for n in self.names if n != o.name]
-                    o = dataclasses.replace(o, name=others[self.rng.integers(len(others))])
-            kept[i] = len(objects)
-            objects.append(o)
-        relations = [dataclasses.replace(r, subject=kept[r.subject], object=kept[r.object])
-                     for r in priors.relations if r.subject in kept and r.object in kept]
-        return dataclasses.replace(priors, objects=objects, relations=relations)
+                    objects[i] = dataclasses.replace(o, name=others[self.rng.integers(len(others))])
+            keep.append(i)
+        return dataclasses.replace(priors, objects=objects).select(keep)
 
 
 class TextSide:
