@@ -21,8 +21,8 @@ class PriorNoise:
     is withheld with probability `dropout` (null priors, as when the runtime has no caption); each object of
     `names` in a kept one is left out with probability `drop` (with its relations) and each one kept is renamed
     to another of `names` with probability `swap`. Attributes and the background stay. The demo captioner's
-    mistakes on the training split are mostly objects it does not name (about 1 in 4 kinds), then wrong names
-    (about 1 in 6): benchmarks/README.md. Without withheld captions the segmenter learns to outline whatever
+    mistakes on the training split are mostly shapes it does not name (23%), then wrong names (18%):
+    benchmarks/README.md. Without withheld captions the segmenter learns to outline whatever
     the caption names and finds nothing by sight (issue 15's given/none row); without left-out objects it
     learns that what a caption does not name is not there."""
 
