@@ -41,18 +41,19 @@ def evaluate(rt, data) -> dict:
         image = rt.encode_image(scene.image)
         true = rt.parse_caption(scene.caption)
         model = rt.parse_caption(rt.caption(image).text)
-        t_names, m_names = list(dict.fromkeys(true.names)), list(dict.fromkeys(model.names))
-        kinds, named, right = kinds + len(t_names), named + len(m_names), right + len(set(t_names) & set(m_names))
-        lost = [n for n in t_names if n not in m_names]
-        extra = [n for n in m_names if n not in t_names]
-        renamed += min(len(lost), len(extra))
-        missed += max(len(lost) - len(extra), 0)
+        t_names, m_names = set(true.names), set(model.names)
+        common = len(t_names & m_names)
+        lost, extra = len(t_names) - common, len(m_names) - common     # kinds not named; names not in the scene
+        kinds, named, right = kinds + len(t_names), named + len(m_names), right + common
+        renamed, missed = renamed + min(lost, extra), missed + max(lost - extra, 0)
         priors = {"true": true, "none": Priors(caption=""), "model": model,
                   "model, right": model.select([k for k, n in enumerate(model.names) if n in t_names]),
                   "true, named": true.select([k for k, n in enumerate(true.names) if n in m_names])}
         for row, p in priors.items():
             conf[row].add(rt.decode(image, rt.embed(p, classes)).labels, scene.labels)
-    pct = lambda a, b: round(100.0 * a / max(b, 1), 1)   # noqa: E731
+    def pct(a: int, b: int) -> float:
+        return round(100.0 * a / max(b, 1), 1)
+
     return {"scenes": len(data), "precision": pct(right, named), "recall": pct(right, kinds),
             "not_named": pct(missed, kinds), "renamed": pct(renamed, kinds),
             "names_of_nothing": named - right - renamed,

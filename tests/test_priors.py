@@ -389,4 +389,3 @@ def test_select_keeps_objects_and_the_relations_among_them():
     assert out.relations == [Relation(1, "above", 0), Relation(0, "on", 2)]
     assert priors.select([]).objects == [] and priors.select([]).relations == []
     assert priors.select(range(4)) == priors and len(priors) == 4      # the input is left alone
-

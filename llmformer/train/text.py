@@ -17,14 +17,13 @@ from runtime.vocabulary import CachedEncoder, prior_arrays
 
 
 class PriorNoise:
-    """A captioner's mistakes, for the segmenter to learn that priors can be wrong or incomplete: each caption
-    is withheld with probability `dropout` (null priors, as when the runtime has no caption); each object of
-    `names` in a kept one is left out with probability `drop` (with its relations) and each one kept is renamed
-    to another of `names` with probability `swap`. Attributes and the background stay. The demo captioner's
-    mistakes on the training split are mostly shapes it does not name (23%), then wrong names (18%):
-    benchmarks/README.md. Without withheld captions the segmenter learns to outline whatever
-    the caption names and finds nothing by sight (issue 15's given/none row); without left-out objects it
-    learns that what a caption does not name is not there."""
+    """A captioner's mistakes, for the segmenter to learn that priors can be wrong or incomplete: each caption is
+    withheld with probability `dropout` (null priors, as when the runtime has no caption); each object of `names` in
+    a kept one is left out with probability `drop` (with its relations) and each one kept is renamed to another of
+    `names` with probability `swap`. Attributes and the background stay. The demo captioner's mistakes on the
+    training split are mostly shapes it does not name (23%), then wrong names (18%): benchmarks/README.md. Without
+    withheld captions the segmenter learns to outline whatever the caption names and finds nothing by sight (issue
+    15's given/none row); without left-out objects it learns that what a caption does not name is not there."""
 
     def __init__(self, dropout: float, swap: float, names: Sequence[str], rng: np.random.Generator,
                  drop: float = 0.0):
