@@ -217,6 +217,37 @@ def test_the_tower_stage_learns_cell_class_mixes_on_two_processes_and_feeds_the_
 
 
 
+def test_the_tower_stage_starts_on_smaller_frames_through_the_interpolated_position_table(tmp_path):
+    """low_res_size / low_res_steps: smaller frames give one head output per cell of their own grid, their loss
+    reaches the 12 x 12 position table through the interpolation, a run switches to the tower's size and ends there;
+    bad values are refused before anything runs."""
+    from llmformer.presets import get_preset
+    from llmformer.train import tower as stage
+    from llmformer.train.common import start_tower, tower_pixels
+    from llmformer.data.synthetic import make_scene
+
+    preset = get_preset("demo")
+    model = stage.TowerWithPatchHead(start_tower(TrainConfig(task="tower"), preset), 20, True)
+    images = [make_scene("train", i).image for i in range(2)]
+    small, full = tower_pixels(images, preset, 112), tower_pixels(images, preset)
+    assert small.shape == (2, 3, 112, 112) and model(full).shape == (2, 144, 20)
+    model(small).square().mean().backward()
+    assert model(small).shape == (2, 64, 20)
+    table = model.tower.model.embeddings.position_embedding.weight
+    assert table.shape == (145, 96) and float(table.grad[1:].abs().sum()) > 0
+    out = tmp_path / "tower"
+    run_train({"task": "tower", "preset": "demo", "out": str(out), "dataset": {"train_length": 4, "val_length": 2},
+               "steps": 4, "batch_size": 2, "warmup_steps": 1, "log_every": 1, "eval_every": 0, "ckpt_every": 100,
+               "low_res_size": 112, "low_res_steps": 2}, tmp_path)
+    assert len(losses(out)) == 4 and json.loads((out / "metrics.json").read_text())["val"]["cells"] > 0
+    for size, steps, what in [(112, 0, "go together"), (0, 5, "go together"), (100, 5, "multiple of the patch"),
+                              (168, 5, "below the tower"), (112, 1000, "fewer than the run")]:
+        with pytest.raises(ValueError, match=what):
+            stage.main(TrainConfig(task="tower", low_res_size=size, low_res_steps=steps))
+    with pytest.raises(ValueError, match="for the tower task"):
+        TrainConfig(task="segmenter", low_res_size=112, low_res_steps=5)
+
+
 def test_the_tower_eval_names_an_object_where_object_classes_hold_a_cell_even_when_the_background_ranks_first():
     """llmformer.train.tower.named_objects: a small object rarely wins its cell against the background, so a cell
     names the object class it ranks first among the objects once the objects hold over PRESENT (0.2) of it."""

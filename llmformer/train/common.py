@@ -223,7 +223,9 @@ def fail(msg: str) -> None:
     raise SystemExit(2)
 
 
-def tower_pixels(images: list[np.ndarray], preset) -> torch.Tensor:
-    """The runtime's tower preprocessing (runtime.frames.to_tensor): what every stage's tower reads."""
+def tower_pixels(images: list[np.ndarray], preset, size: int | None = None) -> torch.Tensor:
+    """The runtime's tower preprocessing (runtime.frames.to_tensor): what every stage's tower reads; `size` other
+    than the tower's own only for the tower stage's low-resolution steps."""
     v = preset.vision_tower
-    return torch.from_numpy(np.concatenate([to_tensor(im, v.image_size, v.mean, v.std) for im in images]))
+    size = size or v.image_size
+    return torch.from_numpy(np.concatenate([to_tensor(im, size, v.mean, v.std) for im in images]))

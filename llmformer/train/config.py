@@ -55,6 +55,8 @@ class TrainConfig:
     vision_tower: str | None = None  # start from this vision_tower.safetensors (else the preset's random tower)
     segmenter_overrides: dict[str, Any] = field(default_factory=dict)  # e.g. {"relation_attention": false}
     loss: dict[str, float] = field(default_factory=dict)  # segmenter: train.losses.LossWeights; tower: mix, objects
+    low_res_size: int = 0            # tower: the first low_res_steps steps on frames of this many pixels (0: off)
+    low_res_steps: int = 0
     caption_dropout: float = 0.0     # segmenter: fraction of scenes trained without a caption (null priors)
     prior_swap: float = 0.0          # segmenter: chance that each caption object is renamed to another class
     prior_drop: float = 0.0          # segmenter: chance that each caption object is left out (a kind not named)
@@ -72,6 +74,12 @@ class TrainConfig:
         for name in ("steps", "batch_size", "threads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if (self.low_res_size > 0) != (self.low_res_steps > 0) or min(self.low_res_size, self.low_res_steps) < 0:
+            raise ValueError(f"low_res_size and low_res_steps go together, both > 0 or both 0; got "
+                             f"{self.low_res_size} and {self.low_res_steps}")
+        if self.low_res_steps and self.task != "tower":
+            raise ValueError(f"low_res_steps is for the tower task, not {self.task!r}: the captioner and segmenter "
+                             f"read the tower at its own size")
         if self.name_weight <= 0:
             raise ValueError(f"name_weight must be > 0, got {self.name_weight}")
         for name in ("caption_dropout", "prior_swap", "prior_drop"):

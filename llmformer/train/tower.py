@@ -19,6 +19,11 @@ the 64-d tower (in 14% less time) ended at 87%, 75 and 70%, and 16,000 at 84%, 7
 The targets are counted with one bincount per frame (`cell_mix`): the one-hot pooling it replaces cost more than the
 tower's own step.
 
+`low_res_size` / `low_res_steps` (off by default): the first steps on smaller frames (112 px: 8 x 8 tokens, a step
+1.5x cheaper with its data), the position table interpolated to their grid, then the tower's own size to the end
+(progressive resizing). On the demo tower the loss per step on 112 px keeps pace with the loss on 168 px, and after
+the switch the run is back level within ~1,000 steps (benchmarks/README.md, issue 15).
+
 Writes OUT/vision_tower.safetensors (the project's checkpoint format: what the captioner and segmenter runs take
 as `vision_tower`), OUT/train_state.safetensors (resume), OUT/log.jsonl, OUT/metrics.json (val, see `evaluate`:
 shape accuracy on cells one object covers over 30%, and the scene-level precision / recall / F1 of the objects the
@@ -63,7 +68,11 @@ class TowerWithPatchHead(nn.Module):
         train_tower_through(model, LLAVA_FEATURE_LAYER)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        hidden = self.tower.model(pixel_values=pixels, output_hidden_states=True).hidden_states[LLAVA_FEATURE_LAYER]
+        """(B, 3, S, S) -> (B, (S / patch)^2, outputs); frames smaller than the tower's own size read the position
+        table interpolated to their grid (transformers' `interpolate_pos_encoding`), so it is trained through."""
+        smaller = pixels.shape[-1] != self.tower.model.config.image_size
+        hidden = self.tower.model(pixel_values=pixels, output_hidden_states=True,
+                                  interpolate_pos_encoding=smaller).hidden_states[LLAVA_FEATURE_LAYER]
         return self.head(hidden[:, 1:] if self.has_cls else hidden)
 
 
@@ -182,11 +191,17 @@ def main(cfg: TrainConfig) -> dict:
     if attributes and cfg.dataset.kind != "synthetic":
         raise ValueError(f"loss: {', '.join(attributes)} need the synthetic scenes' objects (dataset.kind "
                          f"\"synthetic\"), not {cfg.dataset.kind!r}: set them to 0")
+    preset = get_preset(cfg.preset)
+    v = preset.vision_tower
+    if cfg.low_res_steps and not (v.patch_size <= cfg.low_res_size < v.image_size and
+                                  cfg.low_res_size % v.patch_size == 0 and cfg.low_res_steps < cfg.steps):
+        raise ValueError(f"low_res_size {cfg.low_res_size} / low_res_steps {cfg.low_res_steps}: the size must be a "
+                         f"multiple of the patch ({v.patch_size}) below the tower's {v.image_size} px, and the "
+                         f"steps fewer than the run's {cfg.steps}, which ends at the tower's own size")
     d = Dist()
     set_threads(cfg.threads)
     seed_everything(cfg.seed)
     out = prepare_run(cfg, d.main)
-    preset = get_preset(cfg.preset)
     train_set = open_split(cfg.dataset, "train", preset.segmenter.frame_size)
     classes = len(train_set.classes)
     objects = torch.tensor([c not in BACKGROUND_NAMES for c in train_set.classes])
@@ -200,10 +215,11 @@ def main(cfg: TrainConfig) -> dict:
     log = Logger(out, cfg, d.main, start)
     val_set = open_split(cfg.dataset, "val", preset.segmenter.frame_size) if d.main else None
     metrics: dict = {}
-    grid = preset.vision_tower.grid
     for step in range(start, cfg.steps):
         items = rank_batch(train_set, step, cfg.batch_size, d)
-        pixels = tower_pixels([it.image for it in items], preset)
+        size = cfg.low_res_size if step < cfg.low_res_steps else v.image_size
+        grid = size // v.patch_size
+        pixels = tower_pixels([it.image for it in items], preset, size)
         mix = cell_mix([it.labels for it in items], grid, classes).to(d.device)
         logits, heads = split_head(ddp(pixels.to(d.device)), classes, attributes)
         targets = {name: (heads[name], attribute_mix(items, grid, name).to(d.device)) for name in attributes}
