@@ -193,11 +193,13 @@ def main(cfg: TrainConfig) -> dict:
                          f"\"synthetic\"), not {cfg.dataset.kind!r}: set them to 0")
     preset = get_preset(cfg.preset)
     v = preset.vision_tower
-    if cfg.low_res_steps and not (v.patch_size <= cfg.low_res_size < v.image_size and
-                                  cfg.low_res_size % v.patch_size == 0 and cfg.low_res_steps < cfg.steps):
-        raise ValueError(f"low_res_size {cfg.low_res_size} / low_res_steps {cfg.low_res_steps}: the size must be a "
-                         f"multiple of the patch ({v.patch_size}) below the tower's {v.image_size} px, and the "
-                         f"steps fewer than the run's {cfg.steps}, which ends at the tower's own size")
+    if cfg.low_res_steps:
+        if cfg.low_res_size % v.patch_size or cfg.low_res_size >= v.image_size:
+            raise ValueError(f"low_res_size {cfg.low_res_size}: a multiple of the tower's patch ({v.patch_size} px) "
+                             f"below its {v.image_size} px")
+        if cfg.low_res_steps >= cfg.steps:
+            raise ValueError(f"low_res_steps {cfg.low_res_steps} leaves none of the run's {cfg.steps} steps at the "
+                             f"tower's own size: make it fewer")
     d = Dist()
     set_threads(cfg.threads)
     seed_everything(cfg.seed)
