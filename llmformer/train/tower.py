@@ -20,7 +20,7 @@ The targets are counted with one bincount per frame (`cell_mix`): the one-hot po
 tower's own step.
 
 `low_res_size` / `low_res_steps` (off by default): the first steps on smaller frames (112 px: 8 x 8 tokens, a step
-1.5x cheaper with its data), the position table interpolated to their grid, then the tower's own size to the end
+0.63 of the time with its data), the position table interpolated to their grid, then the tower's own size to the end
 (progressive resizing). On the demo tower the loss per step on 112 px keeps pace with the loss on 168 px, and after
 the switch the run is back level within ~1,000 steps (benchmarks/README.md, issue 15).
 
